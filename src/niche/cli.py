@@ -1,0 +1,223 @@
+"""The `niche` command: one sub-command per pipeline stage, each a thin wrapper over a library function."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from niche import __version__
+from niche.errors import ConfigError, NicheError
+
+app = typer.Typer(
+    help="Turn a small open model into a measured domain specialist.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Inspect training data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console(soft_wrap=True)
+state = {"debug": False}
+
+Overrides = Annotated[
+    list[str] | None, typer.Argument(help="Config overrides as key=value, e.g. training.max_steps=20.")
+]
+
+
+def _configure_logging(debug: bool) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not debug:
+        # niche shows its own progress; the libraries' per-file loading bars are noise.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+    )
+    for noisy in ("transformers", "peft", "accelerate", "huggingface_hub", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
+    if not debug:
+        import warnings
+
+        warnings.filterwarnings("ignore", module="transformers|peft|torch")
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and library logs.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        console.print(f"niche {__version__}")
+        raise typer.Exit()
+    state["debug"] = debug
+    _configure_logging(debug)
+
+
+@app.command()
+def models(
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Converted-checkpoint cache (default $NICHE_CACHE_DIR or ~/.cache/niche).")
+    ] = None,
+) -> None:
+    """List the base-model catalog and what is cached, with sizes."""
+    from niche.models import list_models
+
+    table = Table("name", "cached", "size", "description")
+    for listing in list_models(cache_dir):
+        size = f"{listing.size_bytes / 2**20:.0f} MiB" if listing.size_bytes else "-"
+        table.add_row(listing.name, "yes" if listing.cached else "no", size, listing.description)
+    console.print(table)
+    console.print(
+        "Also accepted as a base: a local Hugging Face model directory, a .gguf file, or a hub id (needs network)."
+    )
+
+
+def _parse_fields(pairs: list[str] | None) -> dict[str, str]:
+    fields = {}
+    for pair in pairs or []:
+        canonical, separator, column = pair.partition("=")
+        if not separator:
+            raise ConfigError(f"--field {pair!r}: expected canonical=column, e.g. text=finding")
+        fields[canonical.strip()] = column.strip()
+    return fields
+
+
+@data_app.command("check")
+def data_check(
+    file: Annotated[Path, typer.Argument(help="JSONL or CSV file.")],
+    format: Annotated[str, typer.Option(help="auto, label, prompt_completion, alpaca or chat.")] = "auto",
+    field: Annotated[list[str] | None, typer.Option(help="Map a canonical field to your column: text=finding.")] = None,
+    base: Annotated[str, typer.Option(help="Base model whose tokenizer counts tokens.")] = "smollm2-135m",
+    tokens: Annotated[bool, typer.Option(help="Count tokens with the base model's tokenizer.")] = True,
+) -> None:
+    """Counts, label distribution, token lengths and every problem with file:line."""
+    from niche.data.check import check_data
+    from niche.models import load_tokenizer, resolve_base
+
+    tokenizer = load_tokenizer(resolve_base(base)) if tokens else None
+    report = check_data(file, format, _parse_fields(field), tokenizer=tokenizer)
+    console.print(f"[bold]{report.path}[/]: {report.rows} examples, format {report.format}, task {report.task_kind}")
+    if report.label_counts:
+        table = Table("label", "examples", "share")
+        for label, count in report.label_counts.items():
+            table.add_row(label, str(count), f"{count / report.rows:.1%}")
+        console.print(table)
+    for title, stats in (("prompt tokens", report.prompt_tokens), ("response tokens", report.response_tokens)):
+        if stats:
+            console.print(
+                f"{title}: min {stats.min}, mean {stats.mean:.1f}, p50 {stats.p50:.0f}, p95 {stats.p95:.0f}, max {stats.max}"
+            )
+    console.print(f"duplicate inputs: {report.duplicate_inputs}; empty responses: {report.empty_responses}")
+    for note in report.notes:
+        console.print(f"[yellow]note[/]: {note}")
+    for problem in report.problems:
+        console.print(f"[red]problem[/]: {problem}")
+    if report.problems:
+        raise typer.Exit(1)
+
+
+@app.command("train")
+def train_command(
+    config: Annotated[Path, typer.Argument(help="niche.yaml for the specialist.")],
+    overrides: Overrides = None,
+    base: Annotated[str | None, typer.Option(help="Override the base model.")] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Override output_dir.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Override training.max_steps.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint of an interrupted run.")] = False,
+) -> None:
+    """LoRA fine-tune a specialist; writes an adapter with its niche.json manifest."""
+    from niche.config import load_config
+    from niche.train import train
+
+    flags = [f"base={base}"] if base else []
+    flags += [f"output_dir={output_dir.resolve()}"] if output_dir else []
+    flags += [f"training.max_steps={max_steps}"] if max_steps is not None else []
+    result = train(load_config(config, [*(overrides or []), *flags]), resume=resume)
+    metrics = result.manifest.metrics
+    console.print(f"[green]specialist written to[/] {result.specialist_dir}")
+    console.print(
+        f"steps {metrics['steps']}, best step {metrics['best_step']}, eval loss {metrics['eval_loss']:.4f}, "
+        f"{metrics['train_runtime_s']:.0f} s, {metrics['tokens_per_s']:.0f} tokens/s"
+    )
+
+
+def print_report(report: Any) -> None:
+    table = Table(
+        title=f"{report.rows} examples · task {report.task_kind}"
+        + (" · constrained to labels" if report.constrained else "")
+    )
+    table.add_column("metric")
+    for result in report.results:
+        table.add_column(result.name, justify="right")
+    for metric, value in report.results[0].metrics.items():
+        if isinstance(value, (int, float)):
+            table.add_row(metric, *[_cell(result.metrics[metric]) for result in report.results])
+    table.add_row("examples/s", *[f"{result.examples_per_s:.2f}" for result in report.results])
+    console.print(table)
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+@app.command("eval")
+def eval_command(
+    specialist: Annotated[Path, typer.Argument(help="Specialist directory written by `niche train`.")],
+    data: Annotated[Path, typer.Option(help="Held-out examples (same format as training).")],
+    base: Annotated[
+        str | None,
+        typer.Option(help="Also score this bare base model with the same prompt ('base' = the specialist's own)."),
+    ] = None,
+    constrain: Annotated[bool | None, typer.Option(help="Label tasks: decode only labels from the label set.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Inference batch size.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write eval.json, eval.md and predictions.jsonl here.")] = None,
+) -> None:
+    """Score a specialist (and optionally its base) on held-out data: table in the terminal, JSON and markdown on disk."""
+    from niche.eval import evaluate, write_report
+
+    report = evaluate(specialist, data, base=base, constrain=constrain, batch_size=batch_size)
+    print_report(report)
+    target = write_report(report, out or specialist.parent / "reports" / f"{specialist.name}-{data.stem}")
+    console.print(f"report written to {target}")
+
+
+@app.command()
+def demo(
+    config: Annotated[Path | None, typer.Option(help="Example config (default examples/cloudsec/niche.yaml).")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Train a specialist on the example domain and compare it with the base model on the held-out split."""
+    from niche.demo import run_demo
+
+    result = run_demo(config, overrides)
+    metrics = result.train.manifest.metrics
+    console.print(
+        f"trained in {metrics['train_runtime_s']:.0f} s ({metrics['tokens_per_s']:.0f} tokens/s, "
+        f"{metrics['steps']} steps); specialist at {result.train.specialist_dir}"
+    )
+    print_report(result.report)
+    console.print(f"report written to {result.report_dir}")
+
+
+def run() -> None:
+    """Console-script entry point: NicheErrors print as one clear message, not a traceback."""
+    try:
+        app()
+    except NicheError as error:
+        if state["debug"]:
+            raise
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {error}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    run()

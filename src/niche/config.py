@@ -1,0 +1,178 @@
+"""niche.yaml: one file per specialist, parsed into typed pydantic models.
+
+Relative paths in the file are resolved against the file's own directory, and
+`key=value` overrides from the command line win over the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from niche.errors import ConfigError
+
+DataFormat = Literal["auto", "label", "prompt_completion", "alpaca", "chat"]
+TaskKind = Literal["auto", "label", "generation", "json"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    train: Path = Field(description="Training examples (JSONL or CSV).")
+    validation: Path | None = Field(None, description="Validation examples; split from train when absent.")
+    test: Path | None = Field(None, description="Held-out examples used by `niche eval` and `niche demo`.")
+    format: DataFormat = Field("auto", description="Row shape; detected from the field names when 'auto'.")
+    task: TaskKind = Field("auto", description="label, generation or json; detected from the data when 'auto'.")
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="Map canonical field names (text, label, prompt, completion, instruction, input, output, "
+        "messages, context) to the column names used in your files.",
+    )
+    validation_fraction: float = Field(
+        0.1, gt=0, lt=0.5, description="Share of train held out when no validation file."
+    )
+
+
+class PromptConfig(_Strict):
+    system_prompt: str | None = Field(
+        None, description="System message for every example. For label tasks '{labels}' is replaced by the label list."
+    )
+    chat_template: str | None = Field(None, description="Jinja chat template; the base model's own when absent.")
+
+
+class LoraSettings(_Strict):
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or 'all-linear' for every linear layer but the output head."
+    )
+
+
+class TrainingSettings(_Strict):
+    learning_rate: float = Field(2e-4, gt=0)
+    scheduler: str = Field("cosine", description="Any transformers scheduler name (linear, cosine, constant, ...).")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1 means use epochs.")
+    batch_size: int = Field(8, ge=1)
+    gradient_accumulation: int = Field(1, ge=1)
+    max_seq_length: int = Field(512, ge=16)
+    seed: int = 42
+    eval_every: int = Field(50, ge=1, description="Evaluate on the validation split every N optimizer steps.")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk (the best one is always kept).")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
+class EvalSettings(_Strict):
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(128, ge=1, description="Generation budget for generation and JSON tasks.")
+    constrain_to_labels: bool = Field(True, description="Label tasks: decode only sequences from the label set.")
+
+
+class NicheConfig(_Strict):
+    """Everything needed to build one specialist."""
+
+    name: str = Field("specialist", description="Specialist name, used for the output directory and in serving.")
+    base: str = Field("smollm2-135m", description="Catalog name, local HF directory, .gguf file or hub id.")
+    output_dir: Path = Field(Path("specialists"), description="Specialists are written to output_dir/name.")
+    data: DataConfig
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_directory_name(cls, value: str) -> str:
+        if not value or "/" in value or value.startswith("."):
+            raise ValueError("must be a plain directory name (no '/', not starting with '.')")
+        return value
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> NicheConfig:
+        if self.training.max_steps == 0:
+            raise ValueError("training.max_steps must be positive, or -1 to train for training.epochs")
+        return self
+
+    @property
+    def specialist_dir(self) -> Path:
+        return self.output_dir / self.name
+
+
+def load_config(
+    path: Path | None = None, overrides: list[str] | None = None, base_dir: Path | None = None
+) -> NicheConfig:
+    """Read niche.yaml (or start from an empty mapping) and apply dotted `key=value` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from error
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, found {type(raw).__name__}")
+        base_dir = base_dir or path.parent
+    for override in overrides or []:
+        apply_override(raw, override)
+    try:
+        config = NicheConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_describe_validation_error(path, error)) from error
+    return resolve_paths(config, base_dir or Path.cwd())
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set `a.b.c=value` in a nested mapping; the value is parsed as YAML so numbers and lists keep their type."""
+    key, separator, value = override.partition("=")
+    if not separator or not key:
+        raise ConfigError(f"override {override!r}: expected key=value, e.g. training.max_steps=20")
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = _parse_override_value(value)
+
+
+def _parse_override_value(value: str) -> Any:
+    """YAML where it parses (numbers, lists, booleans keep their type), the raw text where it does not."""
+    if not value.strip():
+        return None
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def resolve_paths(config: NicheConfig, base_dir: Path) -> NicheConfig:
+    def resolve(path: Path | None) -> Path | None:
+        if path is None or path.is_absolute():
+            return path
+        return (base_dir / path).resolve()
+
+    data = config.data.model_copy(
+        update={
+            "train": resolve(config.data.train),
+            "validation": resolve(config.data.validation),
+            "test": resolve(config.data.test),
+        }
+    )
+    return config.model_copy(update={"data": data, "output_dir": resolve(config.output_dir)})
+
+
+def _describe_validation_error(path: Path | None, error: ValidationError) -> str:
+    source = str(path) if path else "config"
+    problems = [f"  {'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors()]
+    return f"{source}: invalid configuration\n" + "\n".join(problems)

@@ -1,0 +1,123 @@
+"""The prompt template: one place that turns an Example into tokens, for training and inference alike.
+
+The supervised span is found by rendering the conversation twice (without and with
+the answer) and taking the difference, never from template markers or the pad id, so
+the end-of-turn token is always learned even when pad == eos (SmolLM2: both id 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from niche.data.examples import Example
+from niche.errors import NicheError
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """The exact system prompt and chat template a specialist was trained with."""
+
+    chat_template: str
+    system_prompt: str | None = None
+
+    def conversation(self, example: Example) -> list[dict[str, str]]:
+        messages = [dict(message) for message in example.messages]
+        if example.context:
+            messages[-1]["content"] = f"Context:\n{example.context}\n\n{messages[-1]['content']}"
+        if self.system_prompt and messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        return messages
+
+    def render_prompt(self, tokenizer: Any, example: Example) -> str:
+        """The text the model sees before it answers: identical in train, eval and serve."""
+        return tokenizer.apply_chat_template(
+            self.conversation(example), chat_template=self.chat_template, add_generation_prompt=True, tokenize=False
+        )
+
+    def render_completion(self, tokenizer: Any, example: Example, response: str | None = None) -> str:
+        """The answer as the template writes it, end-of-turn marker included, trailing whitespace dropped."""
+        prompt = self.render_prompt(tokenizer, example)
+        answer = example.response if response is None else response
+        full = tokenizer.apply_chat_template(
+            [*self.conversation(example), {"role": "assistant", "content": answer}],
+            chat_template=self.chat_template,
+            tokenize=False,
+        )
+        if not full.startswith(prompt):
+            raise NicheError(
+                "the chat template does not render the prompt as a prefix of the full conversation, so the answer "
+                "span cannot be located; use a template whose generation prompt matches its assistant turns"
+            )
+        return full[len(prompt) :].rstrip()
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def supervised_tokens(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+
+def stop_token_ids(tokenizer: Any, template: PromptTemplate) -> list[int]:
+    """Token ids that end an answer: the template's end-of-turn token and the tokenizer's eos."""
+    probe = Example(messages=({"role": "user", "content": "x"},), response="y")
+    completion_ids = tokenizer(template.render_completion(tokenizer, probe), add_special_tokens=False)["input_ids"]
+    ids = {completion_ids[-1]} if completion_ids and completion_ids[-1] in tokenizer.all_special_ids else set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+class TemplateEncoder:
+    """Tokenizes examples with one tokenizer and template; the stop tokens are worked out once."""
+
+    def __init__(self, tokenizer: Any, template: PromptTemplate) -> None:
+        self.tokenizer = tokenizer
+        self.template = template
+        self.stop_ids = stop_token_ids(tokenizer, template)
+
+    def prompt_ids(self, example: Example) -> list[int]:
+        return self.tokenizer(self.template.render_prompt(self.tokenizer, example), add_special_tokens=False)[
+            "input_ids"
+        ]
+
+    def completion_ids(self, example: Example, response: str | None = None) -> list[int]:
+        """Answer plus end-of-turn, tokenized on their own exactly as the model generates them after the prompt."""
+        text = self.template.render_completion(self.tokenizer, example, response)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids or ids[-1] not in self.stop_ids:
+            # The template ends turns with no special token: teach the model to stop with eos.
+            ids = [*ids, self.tokenizer.eos_token_id]
+        return ids
+
+    def training_example(self, example: Example) -> EncodedExample:
+        """Prompt tokens masked out, answer and end-of-turn tokens supervised."""
+        prompt_ids = self.prompt_ids(example)
+        completion_ids = self.completion_ids(example)
+        return EncodedExample(
+            input_ids=prompt_ids + completion_ids, labels=[IGNORE_INDEX] * len(prompt_ids) + completion_ids
+        )
+
+
+def default_chat_template(tokenizer: Any) -> str:
+    return tokenizer.chat_template if isinstance(getattr(tokenizer, "chat_template", None), str) else CHATML_TEMPLATE
+
+
+def build_template(
+    tokenizer: Any, system_prompt: str | None, chat_template: str | None, labels: list[str] | None
+) -> PromptTemplate:
+    """Freeze the template for a specialist: '{labels}' in the system prompt becomes the label list."""
+    if system_prompt and labels:
+        system_prompt = system_prompt.replace("{labels}", ", ".join(labels))
+    return PromptTemplate(chat_template=chat_template or default_chat_template(tokenizer), system_prompt=system_prompt)

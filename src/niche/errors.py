@@ -1,0 +1,32 @@
+"""One error family for everything a user can get wrong.
+
+Each message names the file, line or field at fault and says what was expected,
+so the CLI can print it without a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class NicheError(Exception):
+    """Base class: a problem the user can fix, explained in the message."""
+
+
+class DataError(NicheError):
+    """A data file is unreadable or a row does not match the expected shape."""
+
+    def __init__(self, path: Path | str, message: str, line: int | None = None) -> None:
+        self.path = Path(path)
+        self.line = line
+        self.reason = message
+        where = f"{self.path}:{line}" if line is not None else str(self.path)
+        super().__init__(f"{where}: {message}")
+
+
+class ConfigError(NicheError):
+    """niche.yaml or a command-line override is invalid."""
+
+
+class ModelError(NicheError):
+    """A base model or specialist cannot be found or loaded."""

@@ -1,0 +1,113 @@
+"""The specialist artifact: a PEFT adapter directory that also carries niche.json.
+
+Everything needed to use a specialist (base model and its hash, the exact template,
+task kind and labels) lives in the manifest, so eval, serve and export can never
+drift from what training did.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from niche.data.template import PromptTemplate
+from niche.errors import ModelError
+
+MANIFEST_NAME = "niche.json"
+MANIFEST_VERSION = 1
+
+
+class BaseModelRecord(BaseModel):
+    spec: str
+    kind: str
+    weights_sha256: str
+    model_type: str
+
+
+class TemplateRecord(BaseModel):
+    system_prompt: str | None
+    chat_template: str
+    stop_token_ids: list[int]
+
+    def to_template(self) -> PromptTemplate:
+        return PromptTemplate(chat_template=self.chat_template, system_prompt=self.system_prompt)
+
+
+class TaskRecord(BaseModel):
+    kind: str
+    labels: list[str] | None = None
+    data_format: str
+
+
+class DataFingerprint(BaseModel):
+    path: str
+    sha256: str
+    rows: int
+
+
+class SpecialistManifest(BaseModel):
+    manifest_version: int = MANIFEST_VERSION
+    name: str
+    created_at: str
+    base: BaseModelRecord
+    template: TemplateRecord
+    task: TaskRecord
+    data: dict[str, DataFingerprint]
+    hyperparameters: dict[str, Any]
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    rejected_rows: int = 0
+    hardware: str
+    versions: dict[str, str]
+    config: dict[str, Any]
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("niche", "torch", "transformers", "peft", "accelerate", "tokenizers"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def read_manifest(specialist_dir: Path) -> SpecialistManifest:
+    path = Path(specialist_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise ModelError(f"{specialist_dir}: not a niche specialist (no {MANIFEST_NAME}); train one with `niche train`")
+    try:
+        return SpecialistManifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, ValidationError) as error:
+        raise ModelError(f"{path}: unreadable manifest ({error})") from error
+
+
+def resolve_specialist_base(manifest: SpecialistManifest) -> Any:
+    """The base checkpoint the specialist was trained on, refusing one whose weights changed since."""
+    from niche.models import resolve_base
+
+    base = resolve_base(manifest.base.spec)
+    if base.weights_sha256 != manifest.base.weights_sha256:
+        raise ModelError(
+            f"base model {manifest.base.spec!r} now has weights sha256 {base.weights_sha256[:12]}..., but the specialist "
+            f"{manifest.name!r} was trained on {manifest.base.weights_sha256[:12]}...; retrain it or restore that base"
+        )
+    return base
+
+
+def load_specialist(specialist_dir: Path, device: str, dtype: Any) -> tuple[Any, Any, SpecialistManifest]:
+    """PEFT model (base + adapter), tokenizer and manifest, ready for inference."""
+    from peft import PeftModel
+
+    from niche.models import load_model, load_tokenizer
+
+    manifest = read_manifest(specialist_dir)
+    base = resolve_specialist_base(manifest)
+    tokenizer = load_tokenizer(base)
+    model = PeftModel.from_pretrained(load_model(base, dtype, device), str(specialist_dir))
+    model.eval()
+    return model, tokenizer, manifest

@@ -1,0 +1,142 @@
+"""The SFT engine: the transformers Trainer with niche's loss, collator and progress display."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import Trainer, TrainerCallback
+
+from niche.data.template import IGNORE_INDEX, EncodedExample
+from niche.train.loss import supervised_loss_sum
+
+
+class PaddingCollator:
+    """Right-pads a batch; padded positions get label -100 by position, never by token id (pad may equal eos)."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(feature["input_ids"]) for feature in features)
+        input_ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(features), width), dtype=torch.long)
+        for row, feature in enumerate(features):
+            length = len(feature["input_ids"])
+            input_ids[row, :length] = torch.tensor(feature["input_ids"])
+            labels[row, :length] = torch.tensor(feature["labels"])
+            attention_mask[row, :length] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def as_features(encoded: Sequence[EncodedExample]) -> list[dict[str, list[int]]]:
+    return [{"input_ids": example.input_ids, "labels": example.labels} for example in encoded]
+
+
+class SupervisedOnlyTrainer(Trainer):
+    """Trainer whose loss projects only supervised positions onto the vocabulary (see niche.train.loss)."""
+
+    # The loss below is divided by the token count of the whole accumulated batch, so the Trainer must not rescale it.
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Makes the Trainer count supervised tokens across the accumulated batch and pass them as num_items_in_batch.
+        self.model_accepts_loss_kwargs = True
+
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> Any:
+        loss_sum, supervised = supervised_loss_sum(
+            self.accelerator.unwrap_model(model), inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
+        )
+        if num_items_in_batch is None:
+            loss = loss_sum / supervised.clamp(min=1)
+        else:
+            loss = loss_sum / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                # num_items_in_batch was summed over processes, and DDP averages gradients over them.
+                loss = loss * self.accelerator.num_processes
+        return (loss, {}) if return_outputs else loss
+
+
+class RichProgressCallback(TrainerCallback):
+    """One progress bar with loss, tokens/s and ETA instead of the Trainer's log dictionaries.
+
+    Where output is not a terminal (CI logs, `| tee`), the same figures are printed as one line per log step.
+    """
+
+    def __init__(self) -> None:
+        self.progress: Progress | None = None
+        self.task_id: Any = None
+        self.started = 0.0
+        self.loss = float("nan")
+        self.eval_loss = float("nan")
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        self.progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "loss {task.fields[loss]:.4f} · val {task.fields[eval_loss]:.4f} · {task.fields[tps]:.0f} tok/s"
+            ),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
+        self.progress.start()
+        self.task_id = self.progress.add_task(
+            "train",
+            total=state.max_steps,
+            completed=state.global_step,
+            loss=float("nan"),
+            eval_loss=float("nan"),
+            tps=0.0,
+            first_step=state.global_step,
+        )
+        self.started = time.perf_counter()
+        self.tokens_at_start = state.num_input_tokens_seen
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.progress is None:
+            return
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        tokens_per_s = (state.num_input_tokens_seen - self.tokens_at_start) / elapsed
+        self.progress.update(self.task_id, completed=state.global_step, tps=tokens_per_s)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        if self.progress is None or not logs:
+            return
+        if "loss" in logs:
+            self.progress.update(self.task_id, loss=logs["loss"])
+        if "eval_loss" in logs:
+            self.progress.update(self.task_id, eval_loss=logs["eval_loss"])
+        if not self.progress.console.is_terminal:
+            self._print_line(state)
+
+    def _print_line(self, state: Any) -> None:
+        task = self.progress.tasks[0]
+        elapsed = time.perf_counter() - self.started
+        done = max(state.global_step - task.fields.get("first_step", 0), 0)
+        remaining = elapsed / done * (state.max_steps - state.global_step) if done else float("nan")
+        self.progress.console.print(
+            f"train step {state.global_step}/{state.max_steps} · loss {task.fields['loss']:.4f} · val {task.fields['eval_loss']:.4f}"
+            f" · {task.fields['tps']:.0f} tok/s · elapsed {elapsed:.0f}s · ETA {remaining:.0f}s",
+            highlight=False,
+        )
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

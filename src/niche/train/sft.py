@@ -1,0 +1,278 @@
+"""The LoRA SFT recipe: niche.yaml in, a specialist directory out.
+
+Readable top to bottom: load data, freeze the template, encode, build the LoRA
+model, train with the Trainer (validation every N steps, best checkpoint kept,
+resumable), then write adapter + niche.json atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from niche.config import NicheConfig
+from niche.data.examples import Example
+from niche.data.formats import load_examples
+from niche.data.tasks import check_labels_known, detect_task_kind, label_set
+from niche.data.template import EncodedExample, TemplateEncoder, build_template
+from niche.errors import ConfigError, DataError
+from niche.hardware import Hardware, detect_hardware
+from niche.io import atomic_directory, sha256_of_file, write_json_atomic, write_text_atomic
+from niche.models import ResolvedBase, load_model, load_tokenizer, resolve_base
+from niche.specialist import (
+    MANIFEST_NAME,
+    BaseModelRecord,
+    DataFingerprint,
+    SpecialistManifest,
+    TaskRecord,
+    TemplateRecord,
+    library_versions,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    specialist_dir: Path
+    manifest: SpecialistManifest
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class PreparedData:
+    train: list[Example]
+    validation: list[Example]
+    data_format: str
+    task_kind: str
+    labels: list[str] | None
+    fingerprints: dict[str, DataFingerprint]
+
+
+def prepare_data(config: NicheConfig) -> PreparedData:
+    """Load train and validation examples, detect the task, and check labels agree between them."""
+    train_read = load_examples(config.data.train, config.data.format, config.data.fields)
+    fingerprints = {"train": _fingerprint(config.data.train, len(train_read.examples))}
+    train_examples = train_read.examples
+    if config.data.validation is not None:
+        validation = load_examples(config.data.validation, train_read.format, config.data.fields).examples
+        fingerprints["validation"] = _fingerprint(config.data.validation, len(validation))
+    else:
+        train_examples, validation = split_validation(
+            train_examples, config.data.validation_fraction, config.training.seed
+        )
+    if len(train_examples) < 2 or not validation:
+        raise DataError(config.data.train, f"too few examples to train ({len(train_read.examples)}); need at least 3")
+    task_kind = detect_task_kind(train_read.examples, train_read.format, config.data.task)
+    labels = label_set(train_read.examples) if task_kind == "label" else None
+    if labels:
+        check_labels_known(validation, labels)
+    return PreparedData(train_examples, validation, train_read.format, task_kind, labels, fingerprints)
+
+
+def split_validation(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    shuffled = examples[:]
+    random.Random(seed).shuffle(shuffled)
+    held_out = max(1, round(len(shuffled) * fraction))
+    return shuffled[held_out:], shuffled[:held_out]
+
+
+def _fingerprint(path: Path, rows: int) -> DataFingerprint:
+    return DataFingerprint(path=str(path), sha256=sha256_of_file(path), rows=rows)
+
+
+def encode_examples(
+    encoder: TemplateEncoder, examples: list[Example], max_length: int
+) -> tuple[list[EncodedExample], list[dict[str, Any]]]:
+    """Encode every example; rows longer than max_length are rejected with their reason, not truncated."""
+    encoded, rejects = [], []
+    for example in examples:
+        item = encoder.training_example(example)
+        if len(item.input_ids) > max_length:
+            rejects.append(
+                {
+                    "source": example.source,
+                    "reason": f"{len(item.input_ids)} tokens > max_seq_length {max_length}",
+                    "input": example.input_text,
+                    "response": example.response,
+                }
+            )
+            continue
+        encoded.append(item)
+    return encoded, rejects
+
+
+def lora_config(config: NicheConfig) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=config.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def training_arguments(config: NicheConfig, hardware: Hardware, checkpoint_dir: Path) -> Any:
+    from transformers import TrainingArguments
+
+    settings = config.training
+    return TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.scheduler,
+        warmup_steps=settings.warmup_ratio,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation,
+        weight_decay=settings.weight_decay,
+        max_grad_norm=settings.max_grad_norm,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        eval_strategy="steps",
+        eval_steps=settings.eval_every,
+        save_strategy="steps",
+        save_steps=settings.eval_every,
+        save_total_limit=settings.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=max(1, min(10, settings.eval_every)),
+        train_sampling_strategy="group_by_length",
+        include_num_input_tokens_seen="non_padding",
+        prediction_loss_only=True,
+        label_names=["labels"],
+        remove_unused_columns=False,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=hardware.device == "cpu",
+        bf16=hardware.device == "cuda" and str(hardware.dtype) == "torch.bfloat16",
+        dataloader_num_workers=0,
+    )
+
+
+def checkpoint_dir_for(config: NicheConfig) -> Path:
+    return config.output_dir / f".{config.name}.checkpoints"
+
+
+def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = True) -> TrainResult:
+    """Train a LoRA specialist as configured and write it to config.output_dir / config.name."""
+    from peft import get_peft_model
+    from transformers.trainer_callback import PrinterCallback
+
+    from niche.train.engine import PaddingCollator, RichProgressCallback, SupervisedOnlyTrainer, as_features
+
+    hardware = detect_hardware()
+    base = resolve_base(config.base)
+    tokenizer = load_tokenizer(base)
+    data = prepare_data(config)
+    template = build_template(tokenizer, config.prompt.system_prompt, config.prompt.chat_template, data.labels)
+    encoder = TemplateEncoder(tokenizer, template)
+    train_encoded, rejects = encode_examples(encoder, data.train, config.training.max_seq_length)
+    validation_encoded, validation_rejects = encode_examples(encoder, data.validation, config.training.max_seq_length)
+    rejects += validation_rejects
+    if not train_encoded or not validation_encoded:
+        raise DataError(
+            config.data.train, f"every row is longer than training.max_seq_length={config.training.max_seq_length}"
+        )
+    if rejects:
+        log.warning(
+            "%d row(s) longer than max_seq_length were left out; see rejects.jsonl in the specialist", len(rejects)
+        )
+
+    checkpoint_dir = checkpoint_dir_for(config)
+    if resume and not any(checkpoint_dir.glob("checkpoint-*")):
+        raise ConfigError(f"--resume: no checkpoint to resume from in {checkpoint_dir}")
+    model = get_peft_model(load_model(base, hardware.dtype, hardware.device), lora_config(config))
+    trainer = SupervisedOnlyTrainer(
+        model=model,
+        args=training_arguments(config, hardware, checkpoint_dir),
+        train_dataset=as_features(train_encoded),
+        eval_dataset=as_features(validation_encoded),
+        data_collator=PaddingCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+    )
+    trainer.remove_callback(PrinterCallback)
+    if show_progress:
+        trainer.add_callback(RichProgressCallback())
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=True if resume else None)
+    runtime = time.perf_counter() - started
+    final_eval = trainer.evaluate()
+
+    metrics = {
+        "train_loss": output.training_loss,
+        "eval_loss": final_eval["eval_loss"],
+        "best_step": trainer.state.best_global_step,
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "train_runtime_s": runtime,
+        "tokens_seen": trainer.state.num_input_tokens_seen,
+        "tokens_per_s": trainer.state.num_input_tokens_seen / runtime if runtime else 0.0,
+        "train_examples": len(train_encoded),
+        "validation_examples": len(validation_encoded),
+    }
+    manifest = SpecialistManifest(
+        name=config.name,
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        base=BaseModelRecord(
+            spec=base.spec,
+            kind=base.kind,
+            weights_sha256=base.weights_sha256,
+            model_type=model.get_base_model().config.model_type,
+        ),
+        template=TemplateRecord(
+            system_prompt=template.system_prompt, chat_template=template.chat_template, stop_token_ids=encoder.stop_ids
+        ),
+        task=TaskRecord(kind=data.task_kind, labels=data.labels, data_format=data.data_format),
+        data=data.fingerprints,
+        hyperparameters={"lora": config.lora.model_dump(), "training": config.training.model_dump()},
+        metrics=metrics,
+        rejected_rows=len(rejects),
+        hardware=hardware.description,
+        versions=library_versions(),
+        config=json.loads(config.model_dump_json()),
+    )
+    write_specialist(config.specialist_dir, model, tokenizer, base, manifest, rejects, trainer.state.log_history)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return TrainResult(config.specialist_dir, manifest, trainer.state.log_history)
+
+
+def write_specialist(
+    target: Path,
+    model: Any,
+    tokenizer: Any,
+    base: ResolvedBase,
+    manifest: SpecialistManifest,
+    rejects: list[dict[str, Any]],
+    log_history: list[dict[str, Any]],
+) -> None:
+    """Adapter, tokenizer (carrying the exact chat template), manifest, rejects and loss log, renamed into place whole."""
+    with atomic_directory(target) as staging:
+        model.save_pretrained(staging)
+        tokenizer.chat_template = manifest.template.chat_template
+        tokenizer.save_pretrained(staging)
+        _point_adapter_at_base(staging, base)
+        write_json_atomic(staging / "training_log.json", log_history)
+        if rejects:
+            write_text_atomic(
+                staging / "rejects.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rejects)
+            )
+        write_json_atomic(staging / MANIFEST_NAME, json.loads(manifest.model_dump_json()))
+
+
+def _point_adapter_at_base(directory: Path, base: ResolvedBase) -> None:
+    """PEFT records the path it loaded from; keep the checkpoint directory so PeftModel.from_pretrained finds it."""
+    config_path = directory / "adapter_config.json"
+    adapter_config = json.loads(config_path.read_text())
+    adapter_config["base_model_name_or_path"] = str(base.directory)
+    write_json_atomic(config_path, adapter_config)

@@ -1,0 +1,118 @@
+"""Fixtures: a per-session model cache, the real SmolLM2 tokenizer, and tiny random Llama bases built from a config."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+# Set before any test module imports huggingface_hub, which reads it once at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+LABELS = ["billing", "outage", "security"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Never touch the user's cache, never reach a model hub."""
+    os.environ["NICHE_CACHE_DIR"] = str(tmp_path_factory.mktemp("niche-cache"))
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def smollm2_base():
+    from niche.models import resolve_base
+
+    return resolve_base("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smollm2_base):
+    from niche.models import load_tokenizer
+
+    return load_tokenizer(smollm2_base)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
+    """A randomly initialised 2-layer Llama with SmolLM2's tokenizer and chat template, saved as a local base."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+        # No pad_token_id: Llama would zero the embedding of pad == eos, pinning its logit at 0.
+        # Embeddings large enough that LoRA alone can make one token confident (the final norm is frozen).
+        pad_token_id=None,
+        initializer_range=0.2,
+    )
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def ticket_rows(count: int, offset: int = 0) -> list[dict]:
+    """A toy label task whose label is readable from one keyword, so tiny models can learn it in a few steps."""
+    texts = {"billing": "invoice charged twice", "outage": "site is down again", "security": "phishing email received"}
+    return [
+        {"text": f"ticket {offset + index}: {texts[LABELS[index % 3]]}", "label": LABELS[index % 3]}
+        for index in range(count)
+    ]
+
+
+@pytest.fixture
+def label_data(tmp_path: Path) -> dict[str, Path]:
+    return {
+        "train": write_jsonl(tmp_path / "train.jsonl", ticket_rows(24)),
+        "validation": write_jsonl(tmp_path / "validation.jsonl", ticket_rows(6, offset=100)),
+        "test": write_jsonl(tmp_path / "test.jsonl", ticket_rows(9, offset=200)),
+    }
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path, tiny_base: Path, label_data: dict[str, Path]):
+    """A niche config that trains the tiny base for a few steps on the toy label task."""
+    from niche.config import load_config
+
+    def build(*overrides: str):
+        return load_config(
+            None,
+            [
+                f"base={tiny_base}",
+                f"output_dir={tmp_path / 'out'}",
+                "name=toy",
+                f"data.train={label_data['train']}",
+                f"data.validation={label_data['validation']}",
+                f"data.test={label_data['test']}",
+                "prompt.system_prompt=Route the ticket to one of: {labels}.",
+                "training.max_steps=4",
+                "training.batch_size=4",
+                "training.eval_every=2",
+                "training.learning_rate=0.01",
+                "lora.r=4",
+                "lora.alpha=8",
+                "lora.dropout=0.0",
+                *overrides,
+            ],
+        )
+
+    return build

@@ -1,0 +1,106 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import write_jsonl
+from niche.data.formats import load_examples, read_examples
+from niche.errors import DataError
+
+
+def test_label_rows_become_canonical_examples(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "card declined", "label": "billing"}])
+    result = load_examples(path)
+    assert result.format == "label"
+    (example,) = result.examples
+    assert example.messages == ({"role": "user", "content": "card declined"},)
+    assert example.response == example.label == "billing"
+    assert example.source == f"{path}:1"
+
+
+def test_prompt_completion_alpaca_and_chat_shapes_are_detected(tmp_path: Path) -> None:
+    prompt = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "2+2?", "completion": "4"}])
+    alpaca = write_jsonl(tmp_path / "a.jsonl", [{"instruction": "Translate", "input": "hola", "output": "hello"}])
+    chat = write_jsonl(
+        tmp_path / "c.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello"},
+                ]
+            }
+        ],
+    )
+    assert load_examples(prompt).examples[0].response == "4"
+    alpaca_example = load_examples(alpaca).examples[0]
+    assert alpaca_example.messages[0]["content"] == "Translate\n\nhola"
+    chat_result = load_examples(chat)
+    assert chat_result.format == "chat"
+    assert [m["role"] for m in chat_result.examples[0].messages] == ["system", "user"]
+    assert chat_result.examples[0].response == "Hello"
+
+
+def test_csv_with_mapped_columns(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text('finding,category\n"port 22 open, prod",network\nkey leaked,secrets\n', encoding="utf-8")
+    result = load_examples(path, fields={"text": "finding", "label": "category"})
+    assert [example.label for example in result.examples] == ["network", "secrets"]
+    assert result.examples[0].input_text == "port 22 open, prod"
+    assert result.examples[1].source.endswith("d.csv:3")
+
+
+def test_malformed_json_line_is_reported_with_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": \n{"text": "c", "label": "y"}\n')
+    result = read_examples(path)
+    assert len(result.examples) == 2
+    assert [(problem.line, "malformed JSON" in problem.message) for problem in result.problems] == [(2, True)]
+    with pytest.raises(DataError) as error:
+        load_examples(path)
+    assert f"{path}:2" in str(error.value)
+
+
+def test_missing_field_names_the_field_and_line(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": "x"}, {"text": "b", "label": ""}])
+    with pytest.raises(DataError, match=r"d\.jsonl:2.*'label'"):
+        load_examples(path)
+
+
+def test_empty_file_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    with pytest.raises(DataError, match="empty.jsonl: file is empty"):
+        load_examples(path)
+
+
+def test_non_utf8_file_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(
+        json.dumps({"text": "ok", "label": "x"}).encode()
+        + b"\n"
+        + '{"text": "café", "label": "x"}'.encode("latin-1")
+        + b"\n"
+    )
+    with pytest.raises(DataError, match=r"latin1\.jsonl:2: not valid UTF-8"):
+        read_examples(path)
+
+
+def test_unrecognised_shape_lists_the_accepted_ones(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [{"question": "a", "answer": "b"}])
+    with pytest.raises(DataError, match=r"d\.jsonl:1: cannot tell the row shape.*prompt\+completion"):
+        load_examples(path)
+
+
+def test_chat_row_must_end_with_the_assistant(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
+    with pytest.raises(DataError, match="last message must be the assistant"):
+        load_examples(path)
+
+
+def test_unsupported_extension_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "d.parquet"
+    path.write_bytes(b"PAR1")
+    with pytest.raises(DataError, match="expected .jsonl or .csv"):
+        load_examples(path)

@@ -1,0 +1,40 @@
+import pytest
+
+from niche.eval.metrics import generation_metrics, json_metrics, label_metrics, rouge_l, token_f1
+
+
+def test_label_metrics_accuracy_macro_f1_and_confusions() -> None:
+    references = ["a", "a", "b", "b"]
+    predictions = ["a", "b", "b", "b"]
+    metrics = label_metrics(predictions, references, ["a", "b"])
+    assert metrics["accuracy"] == 0.75
+    # a: precision 1, recall 0.5 -> 2/3; b: precision 2/3, recall 1 -> 0.8
+    assert metrics["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
+    assert metrics["confusions"] == [{"gold": "a", "predicted": "b", "count": 1}]
+    assert metrics["out_of_label_set"] == 0
+
+
+def test_predictions_outside_the_label_set_are_counted() -> None:
+    assert label_metrics(["zzz", "a"], ["a", "a"], ["a", "b"])["out_of_label_set"] == 1
+
+
+def test_token_f1_and_rouge_l_by_hand() -> None:
+    assert token_f1("the cat sat", "the cat sat") == 1.0
+    assert token_f1("the cat", "the dog") == pytest.approx(0.5)
+    # LCS of "a b c d" and "a c d e" is "a c d" (3): precision 3/4, recall 3/4.
+    assert rouge_l("a b c d", "a c d e") == pytest.approx(0.75)
+    assert rouge_l("x", "y") == 0.0
+
+
+def test_generation_metrics_exact_match_ignores_whitespace() -> None:
+    metrics = generation_metrics(["Paris ", "Rome"], ["Paris", "Madrid"])
+    assert metrics["exact_match"] == 0.5
+
+
+def test_json_metrics_valid_rate_and_field_accuracy() -> None:
+    references = ['{"category": "iam", "severity": "high"}', '{"category": "network", "severity": "low"}']
+    predictions = ['{"category": "iam", "severity": "low"}', "not json"]
+    metrics = json_metrics(predictions, references)
+    assert metrics["valid_json"] == 0.5
+    assert metrics["exact_match"] == 0.0
+    assert metrics["field_accuracy"] == {"category": 0.5, "severity": 0.0}
