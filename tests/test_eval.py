@@ -58,3 +58,28 @@ def test_eval_of_a_directory_that_is_not_a_specialist(tmp_path, label_data) -> N
 
     with pytest.raises(ModelError, match="not a niche specialist"):
         evaluate(tmp_path, label_data["test"], show_progress=False)
+
+
+def test_comparing_with_a_base_of_another_tokenizer_is_refused(toy_specialist, label_data, tmp_path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from niche.errors import ModelError
+
+    other = tmp_path / "other-base"
+    vocab = {"<unk>": 0, "<eos>": 1, "a": 2, "b": 3}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", unk_token="<unk>").save_pretrained(other)
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=4,
+            hidden_size=8,
+            intermediate_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    ).save_pretrained(other)
+    with pytest.raises(ModelError, match="different tokenizer"):
+        evaluate(toy_specialist, label_data["test"], base=str(other), show_progress=False)

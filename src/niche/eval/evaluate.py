@@ -20,7 +20,8 @@ from niche.eval.generation import generate_answers
 from niche.eval.metrics import HEADLINE_METRIC, SCORERS
 from niche.hardware import detect_hardware
 from niche.io import atomic_directory, write_json_atomic, write_text_atomic
-from niche.specialist import SpecialistManifest, load_specialist
+from niche.errors import ModelError
+from niche.specialist import SpecialistManifest, load_specialist, resolve_specialist_base
 
 
 @dataclass
@@ -113,13 +114,19 @@ def evaluate(
 @contextlib.contextmanager
 def _bare_base(model: Any, manifest: SpecialistManifest, base: str, hardware: Any) -> Iterator[Any]:
     """The specialist's own base with the adapter switched off, or another base model loaded separately."""
-    from niche.models import load_model, resolve_base
+    from niche.models import load_model, load_tokenizer, resolve_base
 
     if base in ("base", manifest.base.spec):
         with model.disable_adapter():
             yield model
         return
-    other = load_model(resolve_base(base), hardware.dtype, hardware.device)
+    other_base = resolve_base(base)
+    if load_tokenizer(other_base).get_vocab() != load_tokenizer(resolve_specialist_base(manifest)).get_vocab():
+        raise ModelError(
+            f"base {base!r} has a different tokenizer from {manifest.base.spec!r}, so the stored prompt "
+            "would not mean the same to it; compare with a base that shares the tokenizer"
+        )
+    other = load_model(other_base, hardware.dtype, hardware.device)
     other.eval()
     yield other
 
