@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test bench lint clean
 
 install: $(STAMP)
 
@@ -23,6 +23,11 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q -ra --durations=15
+
+# Speed against the competitors, on this machine; results in bench/results/.
+bench: install
+	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/python bench/train_speed.py
 
 lint: install
 	$(BIN)/ruff check src tests examples

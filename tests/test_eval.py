@@ -61,8 +61,8 @@ def test_eval_of_a_directory_that_is_not_a_specialist(tmp_path, label_data) -> N
 
 
 def test_comparing_with_a_base_of_another_tokenizer_is_refused(toy_specialist, label_data, tmp_path) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     from niche.errors import ModelError
 

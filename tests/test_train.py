@@ -128,3 +128,26 @@ def test_trained_model_learns_to_stop(tiny_config, tiny_base) -> None:
         assert tokenizer.eos_token_id in generated, f"never stopped: {tokenizer.decode(generated)!r}"
     answers = generate_answers(model, encoder, examples, max_new_tokens=12)
     assert sum(answer == example.label for answer, example in zip(answers, examples)) >= len(examples) * 2 // 3
+
+
+def test_single_process_training_takes_the_supervised_only_path(tiny_config, monkeypatch) -> None:
+    from niche.train import engine
+
+    calls = []
+    original = engine.supervised_loss_sum
+    monkeypatch.setattr(
+        engine,
+        "supervised_loss_sum",
+        lambda *args, **kwargs: (calls.append(kwargs["supervised_only_logits"]), original(*args, **kwargs))[1],
+    )
+    train(tiny_config("training.max_steps=1"), show_progress=False)
+    assert calls and all(calls)
+
+
+def test_qlora_on_a_machine_without_cuda_is_a_clear_error(tiny_config, monkeypatch) -> None:
+    from niche.hardware import Hardware
+    from niche.train import sft
+
+    monkeypatch.setattr(sft, "detect_hardware", lambda: Hardware("cpu", torch.float32, "cpu (2 threads)"))
+    with pytest.raises(ConfigError, match="quantization: 4bit .*needs a CUDA GPU"):
+        train(tiny_config("quantization=4bit"), show_progress=False)

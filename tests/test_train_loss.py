@@ -41,3 +41,17 @@ def test_supervised_only_loss_and_gradients_match_the_plain_causal_lm_loss(tiny_
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
             torch.testing.assert_close(parameter.grad, plain_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_full_logits_fallback_computes_the_same_loss(tiny_base) -> None:
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32),
+        LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False),
+    )
+    inputs = batch(model.config.vocab_size)
+    fast_sum, fast_count = supervised_loss_sum(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+    full_sum, full_count = supervised_loss_sum(
+        model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"], supervised_only_logits=False
+    )
+    assert fast_count == full_count
+    torch.testing.assert_close(fast_sum, full_sum, rtol=1e-5, atol=1e-5)

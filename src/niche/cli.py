@@ -142,6 +142,8 @@ def train_command(
     flags += [f"output_dir={output_dir.resolve()}"] if output_dir else []
     flags += [f"training.max_steps={max_steps}"] if max_steps is not None else []
     result = train(load_config(config, [*(overrides or []), *flags]), resume=resume)
+    if not result.is_main_process:
+        return
     metrics = result.manifest.metrics
     console.print(f"[green]specialist written to[/] {result.specialist_dir}")
     console.print(
@@ -188,6 +190,48 @@ def eval_command(
     print_report(report)
     target = write_report(report, out or specialist.parent / "reports" / f"{specialist.name}-{data.stem}")
     console.print(f"report written to {target}")
+
+
+@app.command()
+def plan(
+    model: Annotated[
+        str, typer.Option(help="Size preset (1b, 3b, 7b, 8b, smollm2-135m) or any base model niche loads.")
+    ] = "smollm2-135m",
+    method: Annotated[str, typer.Option(help="full, lora or qlora.")] = "lora",
+    seq_len: Annotated[int, typer.Option(help="Tokens per example.")] = 512,
+    batch_size: Annotated[int, typer.Option(help="Examples per step (per device).")] = 8,
+    device: Annotated[str, typer.Option(help="cpu, rtx4090, a100-40gb, a100-80gb, h100 or h200.")] = "cpu",
+    lora_rank: Annotated[int, typer.Option(help="LoRA rank (all linear layers).")] = 16,
+    calibration: Annotated[
+        bool, typer.Option(help="Also show the estimate's error at its calibration points.")
+    ] = False,
+) -> None:
+    """Estimate peak memory and step time of a training run before starting it."""
+    from niche.plan import DEVICES, PlanRequest, calibration_errors, estimate, resolve_shape
+
+    if method not in ("full", "lora", "qlora"):
+        raise ConfigError(f"--method {method!r}: expected full, lora or qlora")
+    if device not in DEVICES:
+        raise ConfigError(f"--device {device!r}: expected one of {', '.join(DEVICES)}")
+    request = PlanRequest(model, method, seq_len, batch_size, device, lora_rank)  # type: ignore[arg-type]
+    result = estimate(request, resolve_shape(model))
+    table = Table("", "estimate", title=f"{model} · {method} · {batch_size}×{seq_len} tokens · {result.device}")
+    table.add_row(
+        "parameters", f"{result.parameters / 1e9:.2f} B ({result.trainable_parameters / 1e6:.1f} M trainable)"
+    )
+    for name in ("weights", "trainable_state", "activations", "overhead"):
+        table.add_row(name.replace("_", " "), f"{getattr(result, f'{name}_gib'):.2f} GiB")
+    verdict = "fits" if result.fits else f"does NOT fit in {DEVICES[device].memory_gib:.0f} GiB"
+    table.add_row("peak memory", f"[bold]{result.peak_gib:.2f} GiB[/] ({verdict})")
+    table.add_row("step time", f"{result.step_seconds:.2f} s ({result.tokens_per_s:,.0f} tokens/s)")
+    console.print(table)
+    if calibration:
+        for row in calibration_errors():
+            console.print(
+                f"{row['source']}: estimated {row['estimated_gib']:.1f} GiB, measured {row['measured_gib']:.1f} GiB "
+                f"({row['memory_error']:+.0%})"
+                + (f", tokens/s {row['time_error']:+.0%}" if "time_error" in row else "")
+            )
 
 
 @app.command()

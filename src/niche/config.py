@@ -48,7 +48,12 @@ class PromptConfig(_Strict):
 class LoraSettings(_Strict):
     r: int = Field(16, ge=1, description="LoRA rank.")
     alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.05, ge=0, lt=1)
+    dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="LoRA dropout. Sampling its masks took ~25% of a CPU step (7 per layer), so off by default.",
+    )
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Module names to adapt, or 'all-linear' for every linear layer but the output head."
     )
@@ -82,6 +87,9 @@ class NicheConfig(_Strict):
     name: str = Field("specialist", description="Specialist name, used for the output directory and in serving.")
     base: str = Field("smollm2-135m", description="Catalog name, local HF directory, .gguf file or hub id.")
     output_dir: Path = Field(Path("specialists"), description="Specialists are written to output_dir/name.")
+    quantization: Literal["none", "4bit"] = Field(
+        "none", description="'4bit': QLoRA, the frozen base in 4-bit NF4 with double quantization (CUDA only)."
+    )
     data: DataConfig
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     lora: LoraSettings = Field(default_factory=LoraSettings)

@@ -200,14 +200,43 @@ def load_tokenizer(base: ResolvedBase) -> Any:
     return tokenizer
 
 
-def load_model(base: ResolvedBase, dtype: Any, device: str = "cpu") -> Any:
+def load_model(
+    base: ResolvedBase, dtype: Any, device: str = "cpu", quantization: str = "none", attention: str | None = None
+) -> Any:
+    """The base model in `dtype` on `device`; with quantization='4bit', its linear layers in NF4 for QLoRA."""
     from transformers import AutoModelForCausalLM
 
+    options: dict[str, Any] = {"dtype": dtype}
+    if attention:
+        options["attn_implementation"] = attention
+    if quantization == "4bit":
+        options |= {"quantization_config": four_bit_config(dtype, device), "device_map": {"": 0}}
     try:
-        model = AutoModelForCausalLM.from_pretrained(base.directory, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(base.directory, **options)
     except Exception as error:  # noqa: BLE001
         raise ModelError(f"{base.directory}: cannot load the model ({error})") from error
-    return model.to(device)
+    return model if quantization == "4bit" else model.to(device)
+
+
+def four_bit_config(compute_dtype: Any, device: str) -> Any:
+    """NF4 with double quantization, as in the QLoRA paper; bitsandbytes is imported only here."""
+    from niche.errors import ConfigError
+
+    if device != "cuda":
+        raise ConfigError(
+            "quantization: 4bit (QLoRA) needs a CUDA GPU and bitsandbytes; this machine has no GPU. "
+            "Remove `quantization` to train a LoRA on the full-precision base"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("quantization: 4bit needs bitsandbytes: pip install bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,11 @@ from niche.data.examples import Example
 from niche.data.formats import load_examples
 from niche.data.tasks import check_labels_known, label_of
 from niche.data.template import TemplateEncoder
+from niche.errors import ModelError
 from niche.eval.generation import generate_answers
 from niche.eval.metrics import HEADLINE_METRIC, SCORERS
 from niche.hardware import detect_hardware
 from niche.io import atomic_directory, write_json_atomic, write_text_atomic
-from niche.errors import ModelError
 from niche.specialist import SpecialistManifest, load_specialist, resolve_specialist_base
 
 

@@ -55,8 +55,15 @@ class SupervisedOnlyTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> Any:
+        unwrapped = self.accelerator.unwrap_model(model)
+        # A DDP/FSDP wrapper must see its own forward run, or gradients are not synchronised across processes.
+        distributed = unwrapped is not model
         loss_sum, supervised = supervised_loss_sum(
-            self.accelerator.unwrap_model(model), inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
+            model if distributed else unwrapped,
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            inputs["labels"],
+            supervised_only_logits=not distributed,
         )
         if num_items_in_batch is None:
             loss = loss_sum / supervised.clamp(min=1)

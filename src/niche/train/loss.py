@@ -29,16 +29,24 @@ def supports_supervised_only_logits(model: Any) -> bool:
 
 
 def supervised_loss_sum(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    supervised_only_logits: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token cross-entropy over supervised positions, and how many there were."""
-    causal_lm = causal_lm_of(model)
+    """Summed next-token cross-entropy over supervised positions, and how many there were.
+
+    With `supervised_only_logits=False` the model's own forward runs (full logits): the path for models that
+    transform logits, and for distributed wrappers whose forward must run for gradients to be synchronised.
+    """
     shift_labels = labels[:, 1:]
     supervised = shift_labels != IGNORE_INDEX
-    if not supports_supervised_only_logits(model):
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][supervised]
-    else:
+    if supervised_only_logits and supports_supervised_only_logits(model):
+        causal_lm = causal_lm_of(model)
         hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         logits = causal_lm.get_output_embeddings()(hidden[:, :-1][supervised])
+    else:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][supervised]
     loss_sum = F.cross_entropy(logits.float(), shift_labels[supervised], reduction="sum")
     return loss_sum, supervised.sum()

@@ -22,7 +22,7 @@ from niche.data.formats import load_examples
 from niche.data.tasks import check_labels_known, detect_task_kind, label_set
 from niche.data.template import EncodedExample, TemplateEncoder, build_template
 from niche.errors import ConfigError, DataError
-from niche.hardware import Hardware, detect_hardware
+from niche.hardware import Hardware, detect_hardware, training_attention
 from niche.io import atomic_directory, sha256_of_file, write_json_atomic, write_text_atomic
 from niche.models import ResolvedBase, load_model, load_tokenizer, resolve_base
 from niche.specialist import (
@@ -43,6 +43,7 @@ class TrainResult:
     specialist_dir: Path
     manifest: SpecialistManifest
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    is_main_process: bool = True
 
 
 @dataclass
@@ -121,6 +122,7 @@ def lora_config(config: NicheConfig) -> Any:
 
 
 def training_arguments(config: NicheConfig, hardware: Hardware, checkpoint_dir: Path) -> Any:
+    import torch
     from transformers import TrainingArguments
 
     settings = config.training
@@ -155,7 +157,9 @@ def training_arguments(config: NicheConfig, hardware: Hardware, checkpoint_dir: 
         report_to="none",
         disable_tqdm=True,
         use_cpu=hardware.device == "cpu",
-        bf16=hardware.device == "cuda" and str(hardware.dtype) == "torch.bfloat16",
+        # The base is loaded in this dtype; PEFT keeps the LoRA weights in fp32, and autocast runs the matmuls.
+        bf16=hardware.bf16,
+        fp16=hardware.dtype == torch.float16,
         dataloader_num_workers=0,
     )
 
@@ -167,12 +171,17 @@ def checkpoint_dir_for(config: NicheConfig) -> Path:
 def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = True) -> TrainResult:
     """Train a LoRA specialist as configured and write it to config.output_dir / config.name."""
     from peft import get_peft_model
+    from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
 
     from niche.train.engine import PaddingCollator, RichProgressCallback, SupervisedOnlyTrainer, as_features
 
     hardware = detect_hardware()
-    base = resolve_base(config.base)
+    from accelerate import PartialState
+
+    # Under `accelerate launch` the first process converts (or hashes) the base while the others wait for its cache.
+    with PartialState().main_process_first():
+        base = resolve_base(config.base)
     tokenizer = load_tokenizer(base)
     data = prepare_data(config)
     template = build_template(tokenizer, config.prompt.system_prompt, config.prompt.chat_template, data.labels)
@@ -192,7 +201,16 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
     checkpoint_dir = checkpoint_dir_for(config)
     if resume and not any(checkpoint_dir.glob("checkpoint-*")):
         raise ConfigError(f"--resume: no checkpoint to resume from in {checkpoint_dir}")
-    model = get_peft_model(load_model(base, hardware.dtype, hardware.device), lora_config(config))
+    # LoRA's A matrices are drawn at creation: seed first, so every run (and every process) starts the same.
+    set_seed(config.training.seed)
+    longest_row = max(len(item.input_ids) for item in train_encoded + validation_encoded)
+    attention = training_attention(hardware, longest_row)
+    model = load_model(base, hardware.dtype, hardware.device, config.quantization, attention)
+    if config.quantization == "4bit":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model = get_peft_model(model, lora_config(config))
     trainer = SupervisedOnlyTrainer(
         model=model,
         args=training_arguments(config, hardware, checkpoint_dir),
@@ -235,16 +253,22 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
         ),
         task=TaskRecord(kind=data.task_kind, labels=data.labels, data_format=data.data_format),
         data=data.fingerprints,
-        hyperparameters={"lora": config.lora.model_dump(), "training": config.training.model_dump()},
+        hyperparameters={
+            "lora": config.lora.model_dump(),
+            "training": config.training.model_dump(),
+            "quantization": config.quantization,
+        },
         metrics=metrics,
         rejected_rows=len(rejects),
         hardware=hardware.description,
         versions=library_versions(),
         config=json.loads(config.model_dump_json()),
     )
-    write_specialist(config.specialist_dir, model, tokenizer, base, manifest, rejects, trainer.state.log_history)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    return TrainResult(config.specialist_dir, manifest, trainer.state.log_history)
+    if trainer.is_world_process_zero():
+        write_specialist(config.specialist_dir, model, tokenizer, base, manifest, rejects, trainer.state.log_history)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    return TrainResult(config.specialist_dir, manifest, trainer.state.log_history, trainer.is_world_process_zero())
 
 
 def write_specialist(

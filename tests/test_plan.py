@@ -1,0 +1,42 @@
+import json
+
+import pytest
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from niche.plan import CALIBRATION, SHAPES, PlanRequest, calibration_errors, estimate, shape_from_config
+
+
+def test_parameter_counts_match_the_real_model_and_its_lora(tiny_base) -> None:
+    shape = shape_from_config(json.loads((tiny_base / "config.json").read_text()))
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    assert shape.parameters() == sum(parameter.numel() for parameter in model.parameters())
+    peft_model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear"))
+    trainable = sum(parameter.numel() for parameter in peft_model.parameters() if parameter.requires_grad)
+    assert shape.lora_parameters(8) == trainable
+
+
+def test_presets_have_their_published_sizes() -> None:
+    assert SHAPES["7b"].parameters() == pytest.approx(6.74e9, rel=0.01)
+    assert SHAPES["8b"].parameters() == pytest.approx(8.03e9, rel=0.01)
+    assert SHAPES["smollm2-135m"].parameters() == pytest.approx(134.5e6, rel=0.01)
+
+
+def test_estimates_stay_within_20_percent_of_every_calibration_point() -> None:
+    errors = calibration_errors()
+    assert len(errors) == len(CALIBRATION)
+    for row in errors:
+        assert abs(row["memory_error"]) < 0.2, row
+        if "time_error" in row:
+            assert abs(row["time_error"]) < 0.2, row
+
+
+def test_memory_orders_full_above_lora_above_qlora_and_grows_with_batch() -> None:
+    peaks = {
+        method: estimate(PlanRequest("7b", method, 2048, 1, "a100-80gb")).peak_gib
+        for method in ("full", "lora", "qlora")
+    }
+    assert peaks["full"] > peaks["lora"] > peaks["qlora"]
+    small, large = (estimate(PlanRequest("7b", "lora", 512, batch, "h100")) for batch in (1, 8))
+    assert large.activations_gib == pytest.approx(8 * small.activations_gib)
+    assert not estimate(PlanRequest("7b", "full", 2048, 1, "rtx4090")).fits
