@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -12,6 +13,11 @@ from transformers import Trainer, TrainerCallback
 
 from niche.data.template import IGNORE_INDEX, EncodedExample
 from niche.train.loss import supervised_loss_sum
+
+
+def _or_dash(value: float) -> str:
+    """A loss, or '-' before the first evaluation."""
+    return "-" if math.isnan(value) else f"{value:.4f}"
 
 
 class PaddingCollator:
@@ -129,7 +135,7 @@ class RichProgressCallback(TrainerCallback):
             self.progress.update(self.task_id, loss=logs["loss"])
         if "eval_loss" in logs:
             self.progress.update(self.task_id, eval_loss=logs["eval_loss"])
-        if not self.progress.console.is_terminal:
+        if not self.progress.console.is_terminal and ("loss" in logs or "eval_loss" in logs):
             self._print_line(state)
 
     def _print_line(self, state: Any) -> None:
@@ -138,9 +144,10 @@ class RichProgressCallback(TrainerCallback):
         done = max(state.global_step - task.fields.get("first_step", 0), 0)
         remaining = elapsed / done * (state.max_steps - state.global_step) if done else float("nan")
         self.progress.console.print(
-            f"train step {state.global_step}/{state.max_steps} · loss {task.fields['loss']:.4f} · val {task.fields['eval_loss']:.4f}"
+            f"train step {state.global_step}/{state.max_steps} · loss {task.fields['loss']:.4f} · val {_or_dash(task.fields['eval_loss'])}"
             f" · {task.fields['tps']:.0f} tok/s · elapsed {elapsed:.0f}s · ETA {remaining:.0f}s",
             highlight=False,
+            soft_wrap=True,
         )
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

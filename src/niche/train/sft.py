@@ -170,16 +170,10 @@ def checkpoint_dir_for(config: NicheConfig) -> Path:
 
 def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = True) -> TrainResult:
     """Train a LoRA specialist as configured and write it to config.output_dir / config.name."""
-    from peft import get_peft_model
-    from transformers import set_seed
-    from transformers.trainer_callback import PrinterCallback
-
-    from niche.train.engine import PaddingCollator, RichProgressCallback, SupervisedOnlyTrainer, as_features
-
-    hardware = detect_hardware()
     from accelerate import PartialState
 
-    # Under `accelerate launch` the first process converts (or hashes) the base while the others wait for its cache.
+    hardware = detect_hardware()
+    # Under a multi-process launcher the first process converts (or hashes) the base; the others wait for its cache.
     with PartialState().main_process_first():
         base = resolve_base(config.base)
     tokenizer = load_tokenizer(base)
@@ -194,42 +188,20 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
             config.data.train, f"every row is longer than training.max_seq_length={config.training.max_seq_length}"
         )
     if rejects:
-        log.warning(
-            "%d row(s) longer than max_seq_length were left out; see rejects.jsonl in the specialist", len(rejects)
-        )
-
+        log.warning("%d row(s) longer than max_seq_length were left out; see rejects.jsonl", len(rejects))
     checkpoint_dir = checkpoint_dir_for(config)
     if resume and not any(checkpoint_dir.glob("checkpoint-*")):
         raise ConfigError(f"--resume: no checkpoint to resume from in {checkpoint_dir}")
-    # LoRA's A matrices are drawn at creation: seed first, so every run (and every process) starts the same.
-    set_seed(config.training.seed)
-    longest_row = max(len(item.input_ids) for item in train_encoded + validation_encoded)
-    attention = training_attention(hardware, longest_row)
-    model = load_model(base, hardware.dtype, hardware.device, config.quantization, attention)
-    if config.quantization == "4bit":
-        from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    model = get_peft_model(model, lora_config(config))
-    trainer = SupervisedOnlyTrainer(
-        model=model,
-        args=training_arguments(config, hardware, checkpoint_dir),
-        train_dataset=as_features(train_encoded),
-        eval_dataset=as_features(validation_encoded),
-        data_collator=PaddingCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
-    )
-    trainer.remove_callback(PrinterCallback)
-    if show_progress:
-        trainer.add_callback(RichProgressCallback())
+    longest_row = max(len(item.input_ids) for item in train_encoded + validation_encoded)
+    model = build_lora_model(config, base, hardware, longest_row)
+    trainer = build_trainer(config, hardware, model, tokenizer, train_encoded, validation_encoded, show_progress)
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=True if resume else None)
     runtime = time.perf_counter() - started
-    final_eval = trainer.evaluate()
-
     metrics = {
         "train_loss": output.training_loss,
-        "eval_loss": final_eval["eval_loss"],
+        "eval_loss": trainer.evaluate()["eval_loss"],
         "best_step": trainer.state.best_global_step,
         "steps": trainer.state.global_step,
         "epochs": trainer.state.epoch,
@@ -239,7 +211,66 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
         "train_examples": len(train_encoded),
         "validation_examples": len(validation_encoded),
     }
-    manifest = SpecialistManifest(
+    manifest = build_manifest(config, base, hardware, model, encoder, data, metrics, len(rejects))
+    if trainer.is_world_process_zero():
+        write_specialist(config.specialist_dir, model, tokenizer, base, manifest, rejects, trainer.state.log_history)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    return TrainResult(config.specialist_dir, manifest, trainer.state.log_history, trainer.is_world_process_zero())
+
+
+def build_lora_model(config: NicheConfig, base: ResolvedBase, hardware: Hardware, longest_row: int) -> Any:
+    """The base in the hardware's dtype (4-bit for QLoRA) with fresh, seeded LoRA adapters."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import set_seed
+
+    # LoRA's A matrices are drawn at creation: seed first, so every run (and every process) starts the same.
+    set_seed(config.training.seed)
+    attention = training_attention(hardware, longest_row)
+    model = load_model(base, hardware.dtype, hardware.device, config.quantization, attention)
+    if config.quantization == "4bit":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return get_peft_model(model, lora_config(config))
+
+
+def build_trainer(
+    config: NicheConfig,
+    hardware: Hardware,
+    model: Any,
+    tokenizer: Any,
+    train_encoded: list[EncodedExample],
+    validation_encoded: list[EncodedExample],
+    show_progress: bool,
+) -> Any:
+    from transformers.trainer_callback import PrinterCallback
+
+    from niche.train.engine import PaddingCollator, RichProgressCallback, SupervisedOnlyTrainer, as_features
+
+    trainer = SupervisedOnlyTrainer(
+        model=model,
+        args=training_arguments(config, hardware, checkpoint_dir_for(config)),
+        train_dataset=as_features(train_encoded),
+        eval_dataset=as_features(validation_encoded),
+        data_collator=PaddingCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+    )
+    trainer.remove_callback(PrinterCallback)
+    if show_progress:
+        trainer.add_callback(RichProgressCallback())
+    return trainer
+
+
+def build_manifest(
+    config: NicheConfig,
+    base: ResolvedBase,
+    hardware: Hardware,
+    model: Any,
+    encoder: TemplateEncoder,
+    data: PreparedData,
+    metrics: dict[str, Any],
+    rejected_rows: int,
+) -> SpecialistManifest:
+    return SpecialistManifest(
         name=config.name,
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         base=BaseModelRecord(
@@ -249,7 +280,9 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
             model_type=model.get_base_model().config.model_type,
         ),
         template=TemplateRecord(
-            system_prompt=template.system_prompt, chat_template=template.chat_template, stop_token_ids=encoder.stop_ids
+            system_prompt=encoder.template.system_prompt,
+            chat_template=encoder.template.chat_template,
+            stop_token_ids=encoder.stop_ids,
         ),
         task=TaskRecord(kind=data.task_kind, labels=data.labels, data_format=data.data_format),
         data=data.fingerprints,
@@ -259,16 +292,11 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
             "quantization": config.quantization,
         },
         metrics=metrics,
-        rejected_rows=len(rejects),
+        rejected_rows=rejected_rows,
         hardware=hardware.description,
         versions=library_versions(),
         config=json.loads(config.model_dump_json()),
     )
-    if trainer.is_world_process_zero():
-        write_specialist(config.specialist_dir, model, tokenizer, base, manifest, rejects, trainer.state.log_history)
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
-    return TrainResult(config.specialist_dir, manifest, trainer.state.log_history, trainer.is_world_process_zero())
 
 
 def write_specialist(
