@@ -46,7 +46,9 @@ def test_smollm2_specialist_reloads_with_peft_and_gives_the_same_outputs(smollm2
     # The same attention kernel as training chose, so outputs must agree to float tolerance.
     attention = in_memory.get_base_model().config._attn_implementation
     reloaded = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(smollm2_base.directory, dtype=torch.float32, attn_implementation=attention),
+        AutoModelForCausalLM.from_pretrained(
+            smollm2_base.directory, dtype=torch.float32, attn_implementation=attention
+        ),
         str(result.specialist_dir),
     ).eval()
     from transformers import AutoTokenizer
