@@ -41,3 +41,11 @@ def test_malformed_override_says_what_is_expected() -> None:
 def test_missing_config_file_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize("path", sorted(REPO.glob("examples/accelerate/*.yaml")), ids=lambda path: path.stem)
+def test_shipped_accelerate_configs_load_with_accelerate(path: Path) -> None:
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(path))
+    assert config.distributed_type.value in {"FSDP", "DEEPSPEED"} and config.num_processes > 1
