@@ -235,6 +235,50 @@ def plan(
 
 
 @app.command()
+def serve(
+    specialists: Annotated[Path, typer.Argument(help="Directory whose subdirectories are specialists (niche.json).")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    max_loaded: Annotated[int, typer.Option(help="Adapters kept in memory; the least recently used is evicted.")] = 8,
+    api_key: Annotated[
+        list[str] | None, typer.Option(help="Require this bearer key (repeatable; or NICHE_API_KEYS=a,b).")
+    ] = None,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted.")] = 1 << 20,
+    engine: Annotated[
+        str, typer.Option(help="torch (this process) or vllm (print the equivalent vLLM command).")
+    ] = "torch",
+    launch: Annotated[bool, typer.Option(help="With --engine vllm: run the command instead of printing it.")] = False,
+) -> None:
+    """Serve the specialists (and their bare base as model 'base') behind an OpenAI-compatible API."""
+    import shlex
+
+    if engine == "vllm":
+        from niche.serve.vllm import vllm_command
+
+        command = vllm_command(specialists, host, port)
+        if launch:
+            os.execvp(command[0], command)
+        console.print(shlex.join(command))
+        console.print(
+            "Note: vLLM applies the base tokenizer's chat template; send each specialist's system prompt "
+            "(niche.json template.system_prompt) with the request to match training."
+        )
+        return
+    if engine != "torch":
+        raise ConfigError(f"--engine {engine!r}: expected torch or vllm")
+    import uvicorn
+
+    from niche.serve.app import ServeSettings, create_app
+    from niche.serve.engine import TorchEngine
+
+    keys = set(api_key or []) | {key for key in os.environ.get("NICHE_API_KEYS", "").split(",") if key}
+    torch_engine = TorchEngine(specialists, max_loaded=max_loaded)
+    app = create_app(torch_engine, ServeSettings(frozenset(keys), max_body_bytes))
+    console.print(f"serving {', '.join(torch_engine.model_names())} on http://{host}:{port}/v1")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@app.command()
 def demo(
     config: Annotated[Path | None, typer.Option(help="Example config (default examples/cloudsec/niche.yaml).")] = None,
     overrides: Overrides = None,

@@ -1,0 +1,282 @@
+"""The OpenAI-compatible HTTP API: /v1/models, /v1/chat/completions, /v1/completions, /health.
+
+Errors use OpenAI's shape ({"error": {"message", "type", "param", "code"}}) and status codes, and a bad
+request never takes the server down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, Field
+
+from niche.errors import NicheError
+from niche.serve.engine import Completion, SamplingParams, TorchEngine, UnknownModelError
+
+log = logging.getLogger("niche.serve")
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class SamplingFields(BaseModel):
+    model: str
+    max_tokens: int | None = Field(None, ge=1, le=8192)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1, description="Only one choice per request.")
+
+    def sampling(self) -> SamplingParams:
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return SamplingParams(self.max_tokens or 256, self.temperature, self.top_p, stop, self.seed)
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str
+
+
+def error_response(
+    status: int, message: str, error_type: str, param: str | None = None, code: str | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        status_code=status, content={"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    )
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    api_keys: frozenset[str] = frozenset()
+    max_body_bytes: int = 1 << 20
+
+
+class Metrics:
+    """Prometheus series for one app (its own registry, so several apps can live in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "niche_requests_total", "HTTP requests", ["path", "model", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "niche_request_seconds",
+            "Request latency",
+            ["path", "model"],
+            registry=self.registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.tokens = Counter("niche_tokens_total", "Tokens processed", ["model", "kind"], registry=self.registry)
+        self.loaded = Gauge("niche_loaded_adapters", "Specialist adapters in memory", registry=self.registry)
+
+
+PUBLIC_PATHS = {"/health", "/metrics"}
+
+
+def create_app(engine: TorchEngine, settings: ServeSettings | None = None) -> FastAPI:
+    settings = settings or ServeSettings()
+    metrics = Metrics()
+    app = FastAPI(title="niche serve", version="1")
+    app.state.metrics = metrics
+
+    @app.middleware("http")
+    async def guard_and_measure(request: Request, call_next: Any) -> Any:
+        started = time.perf_counter()
+        if settings.api_keys and request.url.path not in PUBLIC_PATHS:
+            token = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if token not in settings.api_keys:
+                return error_response(
+                    401,
+                    "missing or invalid API key (Authorization: Bearer KEY)",
+                    "authentication_error",
+                    code="invalid_api_key",
+                )
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_body_bytes:
+            return error_response(
+                413,
+                f"request body of {length} bytes exceeds the limit of {settings.max_body_bytes}",
+                "invalid_request_error",
+            )
+        response = await call_next(request)
+        model = getattr(request.state, "model", "")
+        seconds = time.perf_counter() - started
+        metrics.requests.labels(request.url.path, model, str(response.status_code)).inc()
+        metrics.latency.labels(request.url.path, model).observe(seconds)
+        log.info(
+            json.dumps(
+                {
+                    "event": "request",
+                    "method": request.method,
+                    "path": request.url.path,
+                    "model": model,
+                    "status": response.status_code,
+                    "latency_ms": round(seconds * 1000, 1),
+                }
+            )
+        )
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(part) for part in first["loc"] if part != "body") or None
+        return error_response(400, f"{param or 'body'}: {first['msg']}", "invalid_request_error", param)
+
+    @app.exception_handler(UnknownModelError)
+    async def unknown_model(request: Request, error: UnknownModelError) -> JSONResponse:
+        return error_response(404, str(error), "invalid_request_error", "model", "model_not_found")
+
+    @app.exception_handler(NicheError)
+    async def niche_error(request: Request, error: NicheError) -> JSONResponse:
+        return error_response(400, str(error), "invalid_request_error")
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception) -> JSONResponse:
+        return error_response(500, f"internal error: {type(error).__name__}: {error}", "server_error")
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "base": engine.base_spec, "loaded": list(engine.loaded)}
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        metrics.loaded.set(len(engine.loaded))
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/admin/specialists/{name}/{action}")
+    def admin(name: str, action: Literal["load", "reload", "unload"]) -> dict[str, Any]:
+        """Load, reload (re-read from disk after retraining) or unload one specialist without a restart."""
+        if action == "reload":
+            engine.refresh(name)
+        elif action == "load":
+            engine.load(name)
+        else:
+            engine.unload(name)
+        return {"specialist": name, "action": action, "loaded": list(engine.loaded)}
+
+    @app.get("/v1/models")
+    def models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": 0, "owned_by": "niche"} for name in engine.model_names()
+            ],
+        }
+
+    @app.post("/v1/chat/completions", response_model=None)
+    def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+        request.state.model = body.model
+        messages = [message.model_dump() for message in body.messages]
+        return respond(engine, metrics, body, messages, chat=True)
+
+    @app.post("/v1/completions", response_model=None)
+    def completions(body: CompletionRequest, request: Request) -> Any:
+        request.state.model = body.model
+        # A completion prompt is the user's turn, rendered through the model's template like any chat message.
+        return respond(engine, metrics, body, [{"role": "user", "content": body.prompt}], chat=False)
+
+    return app
+
+
+def respond(
+    engine: TorchEngine, metrics: Metrics, body: SamplingFields, messages: list[dict[str, str]], chat: bool
+) -> Any:
+    engine.encoder_of(body.model)  # unknown models fail before any work is queued
+    request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+    created = int(time.time())
+    if body.stream:
+        pieces = counted(engine.stream(body.model, messages, body.sampling()), metrics, body.model)
+        return StreamingResponse(
+            sse_events(pieces, request_id, created, body.model, chat), media_type="text/event-stream"
+        )
+    completion = engine.complete(body.model, messages, body.sampling())
+    count_tokens(metrics, body.model, completion)
+    choice: dict[str, Any] = {"index": 0, "finish_reason": completion.finish_reason}
+    if chat:
+        choice["message"] = {"role": "assistant", "content": completion.text}
+    else:
+        choice |= {"text": completion.text, "logprobs": None}
+    return {
+        "id": request_id,
+        "object": "chat.completion" if chat else "text_completion",
+        "created": created,
+        "model": body.model,
+        "choices": [choice],
+        "usage": usage(completion),
+    }
+
+
+def count_tokens(metrics: Metrics, model: str, completion: Completion) -> None:
+    metrics.tokens.labels(model, "prompt").inc(completion.prompt_tokens)
+    metrics.tokens.labels(model, "completion").inc(completion.completion_tokens)
+
+
+def counted(pieces: Iterator[str | Completion], metrics: Metrics, model: str) -> Iterator[str | Completion]:
+    for piece in pieces:
+        if isinstance(piece, Completion):
+            count_tokens(metrics, model, piece)
+        yield piece
+
+
+def usage(completion: Completion) -> dict[str, int]:
+    return {
+        "prompt_tokens": completion.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+        "total_tokens": completion.prompt_tokens + completion.completion_tokens,
+    }
+
+
+def sse_events(
+    pieces: Iterator[str | Completion], request_id: str, created: int, model: str, chat: bool
+) -> Iterator[str]:
+    """Server-sent events in OpenAI's chunk format, ending with [DONE]."""
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def event(delta_text: str | None, finish: str | None, extra: dict | None = None) -> str:
+        if chat:
+            choice = {
+                "index": 0,
+                "delta": {} if delta_text is None else {"content": delta_text},
+                "finish_reason": finish,
+            }
+        else:
+            choice = {"index": 0, "text": delta_text or "", "finish_reason": finish, "logprobs": None}
+        payload = {
+            "id": request_id,
+            "object": kind,
+            "created": created,
+            "model": model,
+            "choices": [choice],
+            **(extra or {}),
+        }
+        return f"data: {json.dumps(payload)}\n\n"
+
+    if chat:
+        yield f"data: {json.dumps({'id': request_id, 'object': kind, 'created': created, 'model': model, 'choices': [{'index': 0, 'delta': {'role': 'assistant', 'content': ''}, 'finish_reason': None}]})}\n\n"
+    try:
+        for piece in pieces:
+            if isinstance(piece, Completion):
+                yield event(None, piece.finish_reason, {"usage": usage(piece)})
+            else:
+                yield event(piece, None)
+    except Exception as error:  # noqa: BLE001 - the stream has started; report the error in-band and end it
+        yield f"data: {json.dumps({'error': {'message': str(error), 'type': 'server_error'}})}\n\n"
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,202 @@
+"""niche serve as a client sees it: a real uvicorn server on loopback, the official openai client."""
+
+import contextlib
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+import uvicorn
+
+from niche.serve.app import ServeSettings, create_app
+from niche.serve.engine import BASE_MODEL_NAME, SamplingParams, TorchEngine
+from niche.train import train
+
+
+@pytest.fixture(scope="module")
+def specialists_dir(tmp_path_factory, tiny_base) -> Path:
+    """Two toy specialists on the same tiny base, trained to answer differently."""
+    from conftest import ticket_rows, write_jsonl
+    from niche.config import load_config
+
+    root = tmp_path_factory.mktemp("serve")
+    rows = ticket_rows(24)
+    write_jsonl(root / "train.jsonl", rows)
+    shouting = [{"text": row["text"], "label": row["label"].upper()} for row in rows]
+    write_jsonl(root / "train-upper.jsonl", shouting)
+    for name, data in (("router", "train.jsonl"), ("shouter", "train-upper.jsonl")):
+        config = load_config(
+            None,
+            [
+                f"base={tiny_base}",
+                f"output_dir={root / 'specialists'}",
+                f"name={name}",
+                f"data.train={root / data}",
+                "prompt.system_prompt=Route the ticket: {labels}.",
+                "training.max_steps=30",
+                "training.batch_size=8",
+                "training.eval_every=30",
+                "training.learning_rate=0.01",
+                "lora.r=16",
+                "lora.alpha=32",
+            ],
+        )
+        train(config, show_progress=False)
+    return root / "specialists"
+
+
+def http(method: str, url: str) -> tuple[int, str]:
+    """A plain HTTP call with the standard library, for the endpoints outside the OpenAI API."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def http_json(method: str, url: str) -> dict:
+    status, body = http(method, url)
+    assert status == 200, body
+    return json.loads(body)
+
+
+@contextlib.contextmanager
+def running(app) -> Iterator[str]:
+    """Serve `app` with uvicorn on a free loopback port; yields its base URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not instance.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert instance.started, "server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        instance.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def engine(specialists_dir) -> TorchEngine:
+    return TorchEngine(specialists_dir, max_loaded=1)
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    with running(create_app(engine)) as url:
+        yield engine, openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def ask(client, model: str, text: str, **options):
+    return client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": text}], temperature=0, max_tokens=8, **options
+    )
+
+
+def test_models_lists_every_specialist_and_the_base(server) -> None:
+    _, client = server
+    assert sorted(model.id for model in client.models.list().data) == [BASE_MODEL_NAME, "router", "shouter"]
+
+
+def test_each_specialist_answers_with_its_own_adapter(server) -> None:
+    engine, client = server
+    question = "ticket 7: invoice charged twice"
+    for model in ("router", "shouter", "router"):  # max_loaded=1: every switch evicts and reloads
+        reply = ask(client, model, question)
+        alone = engine.complete(
+            model, [{"role": "user", "content": question}], SamplingParams(max_tokens=8, temperature=0)
+        )
+        assert reply.choices[0].message.content == alone.text
+        assert reply.model == model and reply.usage.completion_tokens == alone.completion_tokens
+    assert ask(client, "router", question).choices[0].message.content == "billing"
+    assert ask(client, "shouter", question).choices[0].message.content == "BILLING"
+    assert ask(client, "router", question).choices[0].finish_reason == "stop"
+
+
+def test_streaming_concatenates_to_the_full_answer(server) -> None:
+    _, client = server
+    full = ask(client, "router", "ticket 8: site is down again").choices[0].message.content
+    stream = ask(client, "router", "ticket 8: site is down again", stream=True)
+    chunks = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
+    assert "".join(chunks) == full == "outage"
+
+
+def test_completions_endpoint_and_stop_strings(server) -> None:
+    _, client = server
+    reply = client.completions.create(
+        model="router", prompt="ticket 9: phishing email received", temperature=0, max_tokens=8
+    )
+    assert reply.choices[0].text == "security"
+    stopped = ask(client, "router", "ticket 9: phishing email received", stop=["cur"])
+    assert stopped.choices[0].message.content == "se" and stopped.choices[0].finish_reason == "stop"
+
+
+def test_base_model_is_served_with_the_adapters_off(server) -> None:
+    _, client = server
+    reply = ask(client, BASE_MODEL_NAME, "ticket 7: invoice charged twice")
+    assert reply.choices[0].message.content != "billing"
+
+
+def test_errors_are_openai_shaped_and_do_not_stop_the_server(server) -> None:
+    _, client = server
+    with pytest.raises(openai.NotFoundError) as missing:
+        ask(client, "no-such-specialist", "hi")
+    assert missing.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="router", messages=[], max_tokens=8)
+    assert "messages" in bad.value.body["message"]
+    with pytest.raises(openai.BadRequestError):
+        ask(client, "router", "hi", n=2)
+    assert ask(client, "router", "ticket 1: site is down again").choices[0].message.content == "outage"
+
+
+def test_api_keys_body_limit_and_public_health(engine) -> None:
+    with running(create_app(engine, ServeSettings(frozenset({"secret"}), max_body_bytes=2000))) as url:
+        with pytest.raises(openai.AuthenticationError):
+            ask(openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0), "router", "hi")
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="secret", max_retries=0, timeout=60)
+        assert ask(client, "router", "ticket 2: site is down again").choices[0].message.content == "outage"
+        with pytest.raises(openai.APIStatusError) as too_big:
+            ask(client, "router", "x" * 5000)
+        assert too_big.value.status_code == 413
+        assert http_json("GET", f"{url}/health")["status"] == "ok"
+
+
+def test_metrics_count_requests_tokens_and_loaded_adapters(server) -> None:
+    engine, client = server
+    ask(client, "router", "ticket 3: invoice charged twice")
+    _, text = http("GET", str(client.base_url).replace("/v1/", "/metrics"))
+    assert 'niche_requests_total{model="router",path="/v1/chat/completions",status="200"}' in text
+    assert 'niche_tokens_total{kind="completion",model="router"}' in text
+    assert "niche_request_seconds_bucket" in text and "niche_loaded_adapters 1.0" in text
+
+
+def test_admin_unload_load_and_reload_without_restart(server) -> None:
+    engine, client = server
+    admin = str(client.base_url).replace("/v1/", "/admin/specialists")
+    ask(client, "router", "ticket 4: invoice charged twice")
+    assert http_json("POST", f"{admin}/router/unload")["loaded"] == []
+    assert http_json("POST", f"{admin}/shouter/load")["loaded"] == ["shouter"]
+    http_json("POST", f"{admin}/router/reload")
+    assert ask(client, "router", "ticket 4: invoice charged twice").choices[0].message.content == "billing"
+    assert http("POST", f"{admin}/nobody/load")[0] == 404
+    assert http("POST", f"{admin}/router/explode")[0] == 400
+
+
+def test_vllm_command_serves_the_same_base_and_adapters(specialists_dir, engine) -> None:
+    from niche.serve.vllm import vllm_command
+
+    command = vllm_command(specialists_dir, port=9000)
+    assert command[:3] == ["vllm", "serve", str(engine.model.get_base_model().name_or_path)]
+    assert "--enable-lora" in command and f"router={specialists_dir / 'router'}" in command
+    assert command[command.index("--max-lora-rank") + 1] == "16" and command[-1] == "9000"
