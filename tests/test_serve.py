@@ -30,7 +30,16 @@ def specialists_dir(tmp_path_factory, tiny_base) -> Path:
     write_jsonl(root / "train.jsonl", rows)
     shouting = [{"text": row["text"], "label": row["label"].upper()} for row in rows]
     write_jsonl(root / "train-upper.jsonl", shouting)
-    for name, data in (("router", "train.jsonl"), ("shouter", "train-upper.jsonl")):
+    dishes = {
+        "soup": "how long should I simmer a vegetable soup",
+        "bread": "my sourdough loaf did not rise in the oven",
+        "salad": "which dressing goes with a green salad and goat cheese",
+    }
+    recipes = [
+        {"text": f"{text} (question {index})", "label": label} for index in range(8) for label, text in dishes.items()
+    ]
+    write_jsonl(root / "train-chef.jsonl", recipes)
+    for name, data in (("router", "train.jsonl"), ("shouter", "train-upper.jsonl"), ("chef", "train-chef.jsonl")):
         config = load_config(
             None,
             [
@@ -93,7 +102,7 @@ def engine(specialists_dir) -> TorchEngine:
 
 @pytest.fixture(scope="module")
 def server(engine):
-    with running(create_app(engine)) as url:
+    with running(create_app(engine, router=engine.router(threshold=0.3))) as url:
         yield engine, openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
 
 
@@ -105,7 +114,13 @@ def ask(client, model: str, text: str, **options):
 
 def test_models_lists_every_specialist_and_the_base(server) -> None:
     _, client = server
-    assert sorted(model.id for model in client.models.list().data) == [BASE_MODEL_NAME, "router", "shouter"]
+    assert sorted(model.id for model in client.models.list().data) == [
+        "auto",
+        BASE_MODEL_NAME,
+        "chef",
+        "router",
+        "shouter",
+    ]
 
 
 def test_each_specialist_answers_with_its_own_adapter(server) -> None:
@@ -197,6 +212,23 @@ def test_vllm_command_serves_the_same_base_and_adapters(specialists_dir, engine)
     from niche.serve.vllm import vllm_command
 
     command = vllm_command(specialists_dir, port=9000)
-    assert command[:3] == ["vllm", "serve", str(engine.model.get_base_model().name_or_path)]
-    assert "--enable-lora" in command and f"router={specialists_dir / 'router'}" in command
+    assert command[:3] == ["vllm", "serve", str(engine.base_directory)]
+    assert "--enable-lora" in command and f"router={(specialists_dir / 'router').resolve()}" in command
     assert command[command.index("--max-lora-rank") + 1] == "16" and command[-1] == "9000"
+
+
+def test_auto_routes_to_the_specialist_of_the_domain_and_says_which(server) -> None:
+    _, client = server
+    cooking = ask(client, "auto", "my bread dough is not rising, what went wrong?")
+    assert cooking.model == "chef"
+    ticket = ask(client, "auto", "ticket 12: we were charged twice on the last invoice")
+    assert ticket.model in {"router", "shouter"}
+    unrelated = ask(client, "auto", "Quarterly results of the Norwegian salmon export market")
+    assert unrelated.model == BASE_MODEL_NAME, "below the threshold the base model answers"
+
+
+def test_router_scores_by_nearest_training_inputs(engine) -> None:
+    router = engine.router(threshold=0.3)
+    scores = router.scores("what dressing should I put on a salad")
+    assert max(scores, key=scores.get) == "chef" and scores["chef"] > 0.5
+    assert router.route("zzzz qqqq").model == BASE_MODEL_NAME

@@ -248,6 +248,12 @@ def serve(
         str, typer.Option(help="torch (this process) or vllm (print the equivalent vLLM command).")
     ] = "torch",
     launch: Annotated[bool, typer.Option(help="With --engine vllm: run the command instead of printing it.")] = False,
+    routing: Annotated[
+        bool, typer.Option(help="Serve model 'auto': route each request to the closest specialist.")
+    ] = True,
+    route_threshold: Annotated[
+        float, typer.Option(help="Below this similarity 'auto' answers with the base model.")
+    ] = 0.4,
 ) -> None:
     """Serve the specialists (and their bare base as model 'base') behind an OpenAI-compatible API."""
     import shlex
@@ -271,9 +277,14 @@ def serve(
     from niche.serve.app import ServeSettings, create_app
     from niche.serve.engine import TorchEngine
 
+    # Request logs are JSON lines for log shippers, not rich-formatted text.
+    request_log = logging.getLogger("niche.serve")
+    request_log.propagate = False
+    request_log.addHandler(logging.StreamHandler(sys.stderr))
     keys = set(api_key or []) | {key for key in os.environ.get("NICHE_API_KEYS", "").split(",") if key}
     torch_engine = TorchEngine(specialists, max_loaded=max_loaded)
-    app = create_app(torch_engine, ServeSettings(frozenset(keys), max_body_bytes))
+    router = torch_engine.router(route_threshold) if routing else None
+    app = create_app(torch_engine, ServeSettings(frozenset(keys), max_body_bytes), router)
     console.print(f"serving {', '.join(torch_engine.model_names())} on http://{host}:{port}/v1")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 

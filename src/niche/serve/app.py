@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from niche.errors import NicheError
 from niche.serve.engine import Completion, SamplingParams, TorchEngine, UnknownModelError
+from niche.serve.router import DomainRouter
 
 log = logging.getLogger("niche.serve")
 
@@ -88,9 +89,12 @@ class Metrics:
 
 
 PUBLIC_PATHS = {"/health", "/metrics"}
+AUTO_MODEL = "auto"
 
 
-def create_app(engine: TorchEngine, settings: ServeSettings | None = None) -> FastAPI:
+def create_app(
+    engine: TorchEngine, settings: ServeSettings | None = None, router: DomainRouter | None = None
+) -> FastAPI:
     settings = settings or ServeSettings()
     metrics = Metrics()
     app = FastAPI(title="niche serve", version="1")
@@ -177,21 +181,34 @@ def create_app(engine: TorchEngine, settings: ServeSettings | None = None) -> Fa
         return {
             "object": "list",
             "data": [
-                {"id": name, "object": "model", "created": 0, "owned_by": "niche"} for name in engine.model_names()
+                {"id": name, "object": "model", "created": 0, "owned_by": "niche"}
+                for name in [*engine.model_names(), *([AUTO_MODEL] if router else [])]
             ],
         }
 
     @app.post("/v1/chat/completions", response_model=None)
     def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-        request.state.model = body.model
         messages = [message.model_dump() for message in body.messages]
+        route_request(body, messages, request)
         return respond(engine, metrics, body, messages, chat=True)
 
     @app.post("/v1/completions", response_model=None)
     def completions(body: CompletionRequest, request: Request) -> Any:
-        request.state.model = body.model
         # A completion prompt is the user's turn, rendered through the model's template like any chat message.
-        return respond(engine, metrics, body, [{"role": "user", "content": body.prompt}], chat=False)
+        messages = [{"role": "user", "content": body.prompt}]
+        route_request(body, messages, request)
+        return respond(engine, metrics, body, messages, chat=False)
+
+    def route_request(body: SamplingFields, messages: list[dict[str, str]], request: Request) -> None:
+        """Replace "auto" by the specialist the router picks; the response's `model` then names it."""
+        if body.model == AUTO_MODEL:
+            if router is None:
+                raise UnknownModelError("model 'auto' needs routing, which this server runs without (--routing)")
+            last_user = next(message["content"] for message in reversed(messages) if message["role"] == "user")
+            route = router.route(last_user)
+            log.info(json.dumps({"event": "route", "model": route.model, "score": round(route.score, 4)}))
+            body.model = route.model
+        request.state.model = body.model
 
     return app
 

@@ -77,6 +77,7 @@ class TorchEngine:
         hardware = detect_hardware()
         base = resolve_specialist_base(first_manifest)
         self.base_spec = first_manifest.base.spec
+        self.base_directory = base.directory
         self.tokenizer = load_tokenizer(base)
         self.model: Any = load_model(base, hardware.dtype, hardware.device).eval()
         self.device = hardware.device
@@ -123,6 +124,15 @@ class TorchEngine:
         self.model.delete_adapter(name)
         log.info("unloaded specialist %s", name)
         return True
+
+    def router(self, threshold: float = 0.4, embedder: Any | None = None) -> Any:
+        """A DomainRouter over the served specialists, falling back to the bare base."""
+        from niche.serve.router import DomainRouter, training_inputs
+
+        examples = {
+            name: training_inputs(directory, manifest) for name, (directory, manifest) in self.specialists.items()
+        }
+        return DomainRouter(examples, BASE_MODEL_NAME, threshold, embedder=embedder)
 
     def model_names(self) -> list[str]:
         return [*self.specialists, BASE_MODEL_NAME]

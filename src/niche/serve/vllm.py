@@ -53,7 +53,7 @@ def vllm_command(specialists_dir: Path, host: str = "127.0.0.1", port: int = 800
         "base",
         "--enable-lora",
         "--lora-modules",
-        *[f"{name}={directory}" for name, (directory, _) in specialists.items()],
+        *[f"{name}={directory.resolve()}" for name, (directory, _) in specialists.items()],
         "--max-lora-rank",
         str(max_rank),
         "--max-loras",

