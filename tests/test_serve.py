@@ -232,3 +232,13 @@ def test_router_scores_by_nearest_training_inputs(engine) -> None:
     scores = router.scores("what dressing should I put on a salad")
     assert max(scores, key=scores.get) == "chef" and scores["chef"] > 0.5
     assert router.route("zzzz qqqq").model == BASE_MODEL_NAME
+
+
+def test_label_response_format_only_decodes_labels(server) -> None:
+    _, client = server
+    reply = ask(client, "router", "completely unrelated words", response_format={"type": "label"})
+    assert reply.choices[0].message.content in {"billing", "outage", "security"}
+    with pytest.raises(openai.BadRequestError, match="label specialist"):
+        ask(client, BASE_MODEL_NAME, "hi", response_format={"type": "label"})
+    with pytest.raises(openai.BadRequestError):
+        ask(client, "router", "hi", response_format={"type": "json_schema", "json_schema": {"schema": {}}})

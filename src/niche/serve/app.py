@@ -32,6 +32,12 @@ class ChatMessage(BaseModel):
     content: str
 
 
+class ResponseFormat(BaseModel):
+    """`text`, or niche's `label`: decode only answers from a label specialist's label set."""
+
+    type: Literal["text", "label"]
+
+
 class SamplingFields(BaseModel):
     model: str
     max_tokens: int | None = Field(None, ge=1, le=8192)
@@ -41,10 +47,12 @@ class SamplingFields(BaseModel):
     seed: int | None = None
     stream: bool = False
     n: int = Field(1, ge=1, le=1, description="Only one choice per request.")
+    response_format: ResponseFormat | None = None
 
     def sampling(self) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        return SamplingParams(self.max_tokens or 256, self.temperature, self.top_p, stop, self.seed)
+        labels_only = self.response_format is not None and self.response_format.type == "label"
+        return SamplingParams(self.max_tokens or 256, self.temperature, self.top_p, stop, self.seed, labels_only)
 
 
 class ChatCompletionRequest(SamplingFields):

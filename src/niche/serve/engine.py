@@ -20,6 +20,7 @@ import torch
 from niche.data.examples import Example
 from niche.data.template import PromptTemplate, TemplateEncoder, build_template
 from niche.errors import ModelError, NicheError
+from niche.eval.generation import AnswerTrie, answer_trie
 from niche.hardware import detect_hardware
 from niche.models import load_model, load_tokenizer
 from niche.specialist import MANIFEST_NAME, SpecialistManifest, read_manifest, resolve_specialist_base
@@ -39,6 +40,7 @@ class SamplingParams:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    labels_only: bool = False
 
 
 @dataclass
@@ -170,17 +172,29 @@ class TorchEngine:
     def stream(self, name: str, messages: list[dict[str, str]], params: SamplingParams) -> Iterator[str | Completion]:
         """Text deltas as they are decoded, then the finished Completion."""
         encoder = self.encoder_of(name)
+        trie = self._label_trie(name, encoder) if params.labels_only else None
         prompt = encoder.prompt_ids(Example(messages=tuple(messages), response=""))
         generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
         with self.lock, torch.inference_mode(), self._activate(name):
-            yield from self._decode(encoder, prompt, params, generator)
+            yield from self._decode(encoder, prompt, params, generator, trie)
 
     def complete(self, name: str, messages: list[dict[str, str]], params: SamplingParams) -> Completion:
         *_, completion = self.stream(name, messages, params)
         return completion
 
+    def _label_trie(self, name: str, encoder: TemplateEncoder) -> AnswerTrie:
+        manifest = self.specialists[name][1] if name in self.specialists else None
+        if manifest is None or not manifest.task.labels:
+            raise NicheError(f"response_format 'label' needs a label specialist; {name!r} has no label set")
+        return answer_trie(encoder, manifest.task.labels)
+
     def _decode(
-        self, encoder: TemplateEncoder, prompt: list[int], params: SamplingParams, generator: torch.Generator | None
+        self,
+        encoder: TemplateEncoder,
+        prompt: list[int],
+        params: SamplingParams,
+        generator: torch.Generator | None,
+        trie: AnswerTrie | None = None,
     ) -> Iterator[str | Completion]:
         stops = set(encoder.stop_ids)
         # Hold back enough text that a stop string split across tokens is never half-sent.
@@ -190,7 +204,11 @@ class TorchEngine:
         for _ in range(params.max_tokens):
             output = self.model(input_ids=inputs, past_key_values=past, use_cache=True)
             past = output.past_key_values
-            token = next_token(output.logits[0, -1].float(), params, generator)
+            logits = output.logits[0, -1].float()
+            if trie is not None:
+                allowed = torch.tensor(trie.allowed_after(generated), device=logits.device)
+                logits = torch.full_like(logits, float("-inf")).index_copy(0, allowed, logits[allowed])
+            token = next_token(logits, params, generator)
             if token in stops:
                 finish = "stop"
                 break
