@@ -12,8 +12,10 @@ from pathlib import Path
 
 import openai
 import pytest
+import torch
 import uvicorn
 
+from niche.data.examples import Example
 from niche.serve.app import ServeSettings, create_app
 from niche.serve.engine import BASE_MODEL_NAME, SamplingParams, TorchEngine
 from niche.train import train
@@ -242,3 +244,17 @@ def test_label_response_format_only_decodes_labels(server) -> None:
         ask(client, BASE_MODEL_NAME, "hi", response_format={"type": "label"})
     with pytest.raises(openai.BadRequestError):
         ask(client, "router", "hi", response_format={"type": "json_schema", "json_schema": {"schema": {}}})
+
+
+def test_an_answer_that_stops_at_once_is_empty_not_an_error(engine) -> None:
+    from niche.eval.generation import AnswerTrie
+
+    encoder = engine.encoder_of("router")
+    prompt = encoder.prompt_ids(Example(messages=({"role": "user", "content": "ticket 5"},), response=""))
+    only_stop = AnswerTrie([], encoder.stop_ids)  # the first token can only end the answer
+    with engine.lock, torch.inference_mode():
+        *deltas, completion = engine._decode(
+            encoder, prompt, SamplingParams(max_tokens=4, temperature=0), None, only_stop
+        )
+    assert deltas == [] and completion.text == "" and completion.finish_reason == "stop"
+    assert completion.completion_tokens == 0

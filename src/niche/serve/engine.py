@@ -200,7 +200,7 @@ class TorchEngine:
         # Hold back enough text that a stop string split across tokens is never half-sent.
         holdback = max((len(stop) for stop in params.stop), default=1) - 1
         inputs = torch.tensor([prompt], device=self.device)
-        past, generated, sent, finish = None, [], "", "length"
+        past, generated, text, sent, finish = None, [], "", "", "length"
         for _ in range(params.max_tokens):
             output = self.model(input_ids=inputs, past_key_values=past, use_cache=True)
             past = output.past_key_values
@@ -218,13 +218,12 @@ class TorchEngine:
             if cut >= 0:
                 text, finish = text[:cut], "stop"
                 break
-            ready = len(text) - holdback
+            # A token that ends mid-character decodes to U+FFFD until the next one completes it.
+            ready = len(text.rstrip("\ufffd")) - holdback
             if ready > len(sent):
                 yield text[len(sent) : ready]
                 sent = text[:ready]
             inputs = torch.tensor([[token]], device=self.device)
-        else:
-            text = encoder.tokenizer.decode(generated, skip_special_tokens=True)
         if len(text) > len(sent):
             yield text[len(sent) :]
         yield Completion(text, finish, len(prompt), len(generated))
