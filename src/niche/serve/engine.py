@@ -86,6 +86,7 @@ class TorchEngine:
         self.max_loaded = max(1, max_loaded)
         self.loaded: OrderedDict[str, None] = OrderedDict()
         self.lock = threading.Lock()
+        self.label_tries: dict[str, AnswerTrie] = {}
         self.encoders = {
             name: TemplateEncoder(self.tokenizer, manifest.template.to_template())
             for name, (_, manifest) in self.specialists.items()
@@ -108,6 +109,7 @@ class TorchEngine:
             self._drop(name)
             self.specialists[name] = (directory, manifest)
             self.encoders[name] = TemplateEncoder(self.tokenizer, manifest.template.to_template())
+            self.label_tries.pop(name, None)
 
     def load(self, name: str) -> None:
         self.encoder_of(name)
@@ -186,7 +188,9 @@ class TorchEngine:
         manifest = self.specialists[name][1] if name in self.specialists else None
         if manifest is None or not manifest.task.labels:
             raise NicheError(f"response_format 'label' needs a label specialist; {name!r} has no label set")
-        return answer_trie(encoder, manifest.task.labels)
+        if name not in self.label_tries:
+            self.label_tries[name] = answer_trie(encoder, manifest.task.labels)
+        return self.label_tries[name]
 
     def _decode(
         self,
