@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from niche.errors import ConfigError
+
 # CPU flags that mean bf16 matrix multiplication runs natively (AVX512-BF16, AMX). Without them bf16 is
 # emulated and ran about 18x slower than fp32; with AVX512-BF16 a bf16 matmul ran about 5x faster than fp32.
 NATIVE_BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}
@@ -56,8 +58,6 @@ def detect_hardware() -> Hardware:
     if override:
         choices = {"float32": torch.float32, "bfloat16": torch.bfloat16}
         if override not in choices:
-            from niche.errors import ConfigError
-
             raise ConfigError(f"NICHE_DTYPE={override!r}: expected one of {', '.join(choices)}")
         dtype = choices[override]
     return Hardware(device, dtype, f"{description}, {str(dtype).removeprefix('torch.')}")

@@ -21,7 +21,7 @@ from niche.eval.generation import generate_answers
 from niche.eval.metrics import HEADLINE_METRIC, SCORERS
 from niche.hardware import detect_hardware
 from niche.io import atomic_directory, write_json_atomic, write_text_atomic
-from niche.specialist import SpecialistManifest, load_specialist, resolve_specialist_base
+from niche.specialist import SpecialistManifest, load_specialist
 
 
 @dataclass
@@ -91,7 +91,7 @@ def evaluate(
     references = references_of(examples, manifest.task.kind)
     results = []
     if base is not None:
-        with _bare_base(model, manifest, base, hardware) as base_model:
+        with _bare_base(model, tokenizer, manifest, base, hardware) as base_model:
             results.append(
                 _score(f"base ({base})", base_model, encoder, examples, references, manifest, options, show_progress)
             )
@@ -112,7 +112,7 @@ def evaluate(
 
 
 @contextlib.contextmanager
-def _bare_base(model: Any, manifest: SpecialistManifest, base: str, hardware: Any) -> Iterator[Any]:
+def _bare_base(model: Any, tokenizer: Any, manifest: SpecialistManifest, base: str, hardware: Any) -> Iterator[Any]:
     """The specialist's own base with the adapter switched off, or another base model loaded separately."""
     from niche.models import load_model, load_tokenizer, resolve_base
 
@@ -121,7 +121,7 @@ def _bare_base(model: Any, manifest: SpecialistManifest, base: str, hardware: An
             yield model
         return
     other_base = resolve_base(base)
-    if load_tokenizer(other_base).get_vocab() != load_tokenizer(resolve_specialist_base(manifest)).get_vocab():
+    if load_tokenizer(other_base).get_vocab() != tokenizer.get_vocab():
         raise ModelError(
             f"base {base!r} has a different tokenizer from {manifest.base.spec!r}, so the stored prompt "
             "would not mean the same to it; compare with a base that shares the tokenizer"

@@ -17,6 +17,7 @@ class AnswerTrie:
     def __init__(self, sequences: Sequence[Sequence[int]], stop_ids: Sequence[int]) -> None:
         self.root: dict[int, dict] = {}
         self.stop_ids = list(stop_ids)
+        self.longest = max((len(sequence) for sequence in sequences), default=0)
         for sequence in sequences:
             node = self.root
             for token in sequence:
@@ -62,7 +63,7 @@ def generate_answers(
     prompts = [encoder.prompt_ids(example) for example in examples]
     trie = answer_trie(encoder, allowed_answers) if allowed_answers else None
     if trie is not None:
-        max_new_tokens = max(len(encoder.completion_ids(examples[0], answer)) for answer in allowed_answers) + 1
+        max_new_tokens = trie.longest + 1
     order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
     answers: list[str] = [""] * len(prompts)
     pad_id = tokenizer.pad_token_id
