@@ -28,9 +28,10 @@ test: install
 bench: install
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/serve_load.py
 
 lint: install
-	$(BIN)/ruff check src tests examples
+	$(BIN)/ruff check src tests examples bench
 
 clean:
 	rm -rf $(VENV) specialists .pytest_cache

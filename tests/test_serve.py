@@ -242,19 +242,186 @@ def test_label_response_format_only_decodes_labels(server) -> None:
     assert reply.choices[0].message.content in {"billing", "outage", "security"}
     with pytest.raises(openai.BadRequestError, match="label specialist"):
         ask(client, BASE_MODEL_NAME, "hi", response_format={"type": "label"})
-    with pytest.raises(openai.BadRequestError):
-        ask(client, "router", "hi", response_format={"type": "json_schema", "json_schema": {"schema": {}}})
 
 
 def test_an_answer_that_stops_at_once_is_empty_not_an_error(engine) -> None:
     from niche.eval.generation import AnswerTrie
+    from niche.serve.constraints import LabelConstraint
 
     encoder = engine.encoder_of("router")
     prompt = encoder.prompt_ids(Example(messages=({"role": "user", "content": "ticket 5"},), response=""))
-    only_stop = AnswerTrie([], encoder.stop_ids)  # the first token can only end the answer
-    with engine.lock, torch.inference_mode():
-        *deltas, completion = engine._decode(
-            encoder, prompt, SamplingParams(max_tokens=4, temperature=0), None, only_stop
-        )
+    only_stop = LabelConstraint(AnswerTrie([], encoder.stop_ids))  # the first token can only end the answer
+    *deltas, completion = engine.generate(
+        "router", prompt, SamplingParams(max_tokens=4, temperature=0), only_stop
+    ).stream()
     assert deltas == [] and completion.text == "" and completion.finish_reason == "stop"
     assert completion.completion_tokens == 0
+
+
+def test_requests_for_different_specialists_share_one_batch_and_match_solo_answers(engine) -> None:
+    questions = [
+        ("router", "ticket 7: invoice charged twice"),
+        ("shouter", "ticket 7: invoice charged twice"),
+        ("chef", "my sourdough loaf did not rise in the oven"),
+        (BASE_MODEL_NAME, "ticket 8: site is down again"),
+        ("router", "ticket 9: phishing email received"),
+        ("shouter", "ticket 8: site is down again"),
+    ]
+    params = SamplingParams(max_tokens=6, temperature=0)
+    solo = [engine.complete(model, [{"role": "user", "content": text}], params).text for model, text in questions]
+    peak_before = engine.peak_rows
+    # Submitted together: admitted as one mixed-adapter batch (max_loaded=1 is not a limit for running rows).
+    engine.max_loaded = 3
+    try:
+        pending = [engine.submit(model, [{"role": "user", "content": text}], params) for model, text in questions]
+        together = [generation.result().text for generation in pending]
+    finally:
+        engine.max_loaded = 1
+    assert together == solo
+    assert solo[:3] == ["billing", "BILLING", "bread"]
+    assert engine.peak_rows > max(peak_before, 1)
+
+
+def test_a_request_joins_a_batch_that_is_already_decoding(engine) -> None:
+    long_params = SamplingParams(max_tokens=48, temperature=0)
+    short_params = SamplingParams(max_tokens=6, temperature=0)
+    question = [{"role": "user", "content": "ticket 3: site is down again"}]
+    long_alone = engine.complete(BASE_MODEL_NAME, question, long_params)
+    short_alone = engine.complete("router", question, short_params)
+    long_running = engine.submit(BASE_MODEL_NAME, question, long_params)
+    stream = long_running.stream()
+    next(stream)  # the long request is decoding now
+    steps_before = engine.steps
+    joined = engine.complete("router", question, short_params)
+    rest = list(stream)
+    assert joined.text == short_alone.text == "outage"
+    assert rest[-1].text == long_alone.text and rest[-1].completion_tokens == long_alone.completion_tokens
+    assert engine.steps - steps_before < long_alone.completion_tokens + short_alone.completion_tokens
+
+
+def test_json_schema_response_format_gives_valid_json(server) -> None:
+    import jsonschema
+
+    _, client = server
+    schema = {
+        "type": "object",
+        "properties": {
+            "team": {"enum": ["billing", "outage", "security"]},
+            "priority": {"type": "integer", "minimum": 1, "maximum": 5},
+            "summary": {"type": "string", "maxLength": 20},
+        },
+        "required": ["team", "priority", "summary"],
+        "additionalProperties": False,
+    }
+    response_format = {"type": "json_schema", "json_schema": {"name": "ticket", "schema": schema, "strict": True}}
+    for model in ("router", BASE_MODEL_NAME):
+        reply = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "ticket 7: invoice charged twice"}],
+            temperature=0.7,
+            seed=3,
+            max_tokens=64,
+            response_format=response_format,
+        )
+        answer = reply.choices[0].message.content
+        jsonschema.validate(json.loads(answer), schema)
+        assert reply.choices[0].finish_reason == "stop"
+    any_object = client.chat.completions.create(
+        model="router",
+        messages=[{"role": "user", "content": "ticket 2"}],
+        max_tokens=48,
+        response_format={"type": "json_object"},
+    )
+    content = any_object.choices[0].message.content
+    assert content.startswith("{")
+    if any_object.choices[0].finish_reason == "stop":  # a random model may still be inside the object at 48 tokens
+        assert isinstance(json.loads(content), dict)
+
+
+def test_a_schema_that_cannot_compile_is_a_400_that_names_it(server) -> None:
+    _, client = server
+    bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "bogus"}}}
+    with pytest.raises(openai.BadRequestError, match="json_schema.schema") as error:
+        ask(client, "router", "hi", response_format=bad)
+    assert "bogus" in error.value.body["message"]
+    with pytest.raises(openai.BadRequestError, match="json_schema"):
+        ask(client, "router", "hi", response_format={"type": "json_schema"})
+    assert ask(client, "router", "ticket 1: site is down again").choices[0].message.content == "outage"
+
+
+def test_a_request_past_the_timeout_gets_504_and_the_server_goes_on(specialists_dir) -> None:
+    slow = TorchEngine(specialists_dir, timeout_s=0.0)
+    try:
+        with running(create_app(slow)) as url:
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+            with pytest.raises(openai.APIStatusError) as timed_out:
+                ask(client, "router", "ticket 7: invoice charged twice")
+            assert timed_out.value.status_code == 504 and timed_out.value.body["code"] == "timeout"
+            slow.timeout_s = 60
+            assert ask(client, "router", "ticket 7: invoice charged twice").choices[0].message.content == "billing"
+    finally:
+        slow.close()
+
+
+def test_reload_lets_running_requests_finish_on_the_old_adapter(engine) -> None:
+    question = [{"role": "user", "content": "ticket 3: site is down again"}]
+    params = SamplingParams(max_tokens=32, temperature=0)
+    expected = engine.complete(BASE_MODEL_NAME, question, params)
+    running_request = engine.submit("router", question, SamplingParams(max_tokens=32, temperature=0, stop=["\n\n\n"]))
+    stream = running_request.stream()
+    first = next(stream)
+    engine.refresh("router")  # the running row keeps its adapter until it finishes
+    *_, completion = [first, *stream]
+    assert completion.text.startswith("outage") and expected.finish_reason in {"stop", "length"}
+    deadline = time.monotonic() + 10  # the scheduler deletes it right after reporting the last row's end
+    while engine.retired and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.retired == set(), "the old adapter is deleted once its last row is done"
+
+
+def test_stacked_multi_lora_matches_peft_mixed_adapter_batches(engine) -> None:
+    from niche.serve import multilora
+
+    engine.max_loaded = 3
+    try:
+        for name in ("router", "shouter", "chef"):
+            engine.load(name)
+        adapters = [engine.loaded["router"], "__base__", engine.loaded["shouter"], engine.loaded["chef"]]
+        prompts = torch.randint(0, engine.tokenizer.vocab_size, (4, 12))
+        inputs = {
+            "input_ids": prompts,
+            "attention_mask": torch.ones_like(prompts),
+            "position_ids": torch.arange(12).repeat(4, 1),
+        }
+        with engine.lock, torch.no_grad():
+            assert engine.stacked_lora
+            stacked = engine._forward(adapters, **inputs).logits.float()
+            multilora.restore(engine.model)
+            engine.stacked_lora = False
+            try:
+                reference = engine._forward(adapters, **inputs).logits.float()
+            finally:
+                engine._adapters_changed()
+        tolerance = 1e-4 if engine.model.get_base_model().dtype == torch.float32 else 0.1
+        assert torch.allclose(stacked, reference, atol=tolerance * reference.abs().max().item())
+        assert not torch.allclose(reference[0], reference[1]), "the adapter must change the router row"
+    finally:
+        engine.max_loaded = 1
+
+
+def test_a_cached_prompt_prefix_gives_the_same_answer(engine) -> None:
+    params = SamplingParams(max_tokens=6, temperature=0)
+    engine.prefixes.clear()
+    engine.last_prompts.clear()
+    answers = [
+        engine.complete("router", [{"role": "user", "content": text}], params).text
+        for text in (
+            "ticket 31: invoice charged twice",
+            "ticket 32: site is down again",
+            "ticket 33: invoice charged twice",
+        )
+    ]
+    assert answers == ["billing", "outage", "billing"]
+    hits = engine.prefix_hits
+    engine.complete("router", [{"role": "user", "content": "ticket 34: phishing email received"}], params)
+    assert engine.prefix_hits == hits + 1

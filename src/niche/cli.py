@@ -244,6 +244,13 @@ def serve(
         list[str] | None, typer.Option(help="Require this bearer key (repeatable; or NICHE_API_KEYS=a,b).")
     ] = None,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted.")] = 1 << 20,
+    max_batch_size: Annotated[
+        int, typer.Option(help="Requests decoded together, across specialists (1: one request at a time).")
+    ] = 16,
+    max_wait_ms: Annotated[
+        float, typer.Option(help="When idle, how long a request waits for companions before its batch starts.")
+    ] = 2.0,
+    timeout: Annotated[float, typer.Option(help="Seconds a request may run before it is stopped (504).")] = 120.0,
     engine: Annotated[
         str, typer.Option(help="torch (this process) or vllm (print the equivalent vLLM command).")
     ] = "torch",
@@ -282,7 +289,9 @@ def serve(
     request_log.propagate = False
     request_log.addHandler(logging.StreamHandler(sys.stderr))
     keys = set(api_key or []) | {key for key in os.environ.get("NICHE_API_KEYS", "").split(",") if key}
-    torch_engine = TorchEngine(specialists, max_loaded=max_loaded)
+    torch_engine = TorchEngine(
+        specialists, max_loaded=max_loaded, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, timeout_s=timeout
+    )
     router = torch_engine.router(route_threshold) if routing else None
     app = create_app(torch_engine, ServeSettings(frozenset(keys), max_body_bytes), router)
     console.print(f"serving {', '.join(torch_engine.model_names())} on http://{host}:{port}/v1")

@@ -18,10 +18,18 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import BaseModel, Field
 
 from niche.errors import NicheError
-from niche.serve.engine import Completion, SamplingParams, TorchEngine, UnknownModelError
+from niche.serve.engine import (
+    Completion,
+    RequestTimeout,
+    SamplingParams,
+    ServerBusy,
+    TorchEngine,
+    UnknownModelError,
+)
 from niche.serve.router import DomainRouter
 
 log = logging.getLogger("niche.serve")
@@ -32,10 +40,18 @@ class ChatMessage(BaseModel):
     content: str
 
 
-class ResponseFormat(BaseModel):
-    """`text`, or niche's `label`: decode only answers from a label specialist's label set."""
+class JsonSchemaFormat(BaseModel):
+    name: str = "response"
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
 
-    type: Literal["text", "label"]
+
+class ResponseFormat(BaseModel):
+    """OpenAI's `text`, `json_object` and `json_schema`, and niche's `label`: decode only answers from a label
+    specialist's label set."""
+
+    type: Literal["text", "json_object", "json_schema", "label"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class SamplingFields(BaseModel):
@@ -51,8 +67,14 @@ class SamplingFields(BaseModel):
 
     def sampling(self) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        labels_only = self.response_format is not None and self.response_format.type == "label"
-        return SamplingParams(self.max_tokens or 256, self.temperature, self.top_p, stop, self.seed, labels_only)
+        response, schema = "text", None
+        if self.response_format is not None and self.response_format.type != "text":
+            response = "label" if self.response_format.type == "label" else "json"
+            if self.response_format.type == "json_schema":
+                if self.response_format.json_schema is None:
+                    raise NicheError("response_format.json_schema: required when type is 'json_schema'")
+                schema = self.response_format.json_schema.schema_
+        return SamplingParams(self.max_tokens or 256, self.temperature, self.top_p, stop, self.seed, response, schema)
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -96,6 +118,30 @@ class Metrics:
         self.loaded = Gauge("niche_loaded_adapters", "Specialist adapters in memory", registry=self.registry)
 
 
+class EngineCollector:
+    """The engine's own counters, read at scrape time."""
+
+    def __init__(self, engine: TorchEngine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[Any]:
+        engine = self.engine
+        seconds = CounterMetricFamily("niche_forward_seconds", "Time in model forward passes", labels=["phase"])
+        calls = CounterMetricFamily("niche_forward_calls", "Model forward passes", labels=["phase"])
+        for phase in engine.forward_seconds:
+            seconds.add_metric([phase], engine.forward_seconds[phase])
+            calls.add_metric([phase], engine.forward_calls[phase])
+        yield seconds
+        yield calls
+        yield CounterMetricFamily(
+            "niche_prefix_cache_hits", "Prompts whose cached prefix was reused", value=engine.prefix_hits
+        )
+        yield GaugeMetricFamily("niche_batch_rows", "Requests decoding in the running batch", value=len(engine.rows))
+        yield GaugeMetricFamily(
+            "niche_waiting_requests", "Requests waiting to join the batch", value=len(engine.waiting)
+        )
+
+
 PUBLIC_PATHS = {"/health", "/metrics"}
 AUTO_MODEL = "auto"
 
@@ -105,6 +151,7 @@ def create_app(
 ) -> FastAPI:
     settings = settings or ServeSettings()
     metrics = Metrics()
+    metrics.registry.register(EngineCollector(engine))
     app = FastAPI(title="niche serve", version="1")
     app.state.metrics = metrics
 
@@ -156,6 +203,14 @@ def create_app(
     async def unknown_model(request: Request, error: UnknownModelError) -> JSONResponse:
         return error_response(404, str(error), "invalid_request_error", "model", "model_not_found")
 
+    @app.exception_handler(RequestTimeout)
+    async def timed_out(request: Request, error: RequestTimeout) -> JSONResponse:
+        return error_response(504, str(error), "timeout_error", code="timeout")
+
+    @app.exception_handler(ServerBusy)
+    async def busy(request: Request, error: ServerBusy) -> JSONResponse:
+        return error_response(503, str(error), "server_error", code="server_busy")
+
     @app.exception_handler(NicheError)
     async def niche_error(request: Request, error: NicheError) -> JSONResponse:
         return error_response(400, str(error), "invalid_request_error")
@@ -166,11 +221,11 @@ def create_app(
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "base": engine.base_spec, "loaded": list(engine.loaded)}
+        return {"status": "ok", "base": engine.base_spec, "loaded": engine.loaded_specialists()}
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:
-        metrics.loaded.set(len(engine.loaded))
+        metrics.loaded.set(len(engine.loaded_specialists()))
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/admin/specialists/{name}/{action}")
@@ -182,7 +237,7 @@ def create_app(
             engine.load(name)
         else:
             engine.unload(name)
-        return {"specialist": name, "action": action, "loaded": list(engine.loaded)}
+        return {"specialist": name, "action": action, "loaded": engine.loaded_specialists()}
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
@@ -224,15 +279,16 @@ def create_app(
 def respond(
     engine: TorchEngine, metrics: Metrics, body: SamplingFields, messages: list[dict[str, str]], chat: bool
 ) -> Any:
-    engine.encoder_of(body.model)  # unknown models fail before any work is queued
+    # Bad requests (unknown model, a schema that cannot compile, too long) fail here, before a stream starts.
+    generation = engine.submit(body.model, messages, body.sampling())
     request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     if body.stream:
-        pieces = counted(engine.stream(body.model, messages, body.sampling()), metrics, body.model)
+        pieces = counted(generation.stream(), metrics, body.model)
         return StreamingResponse(
             sse_events(pieces, request_id, created, body.model, chat), media_type="text/event-stream"
         )
-    completion = engine.complete(body.model, messages, body.sampling())
+    completion = generation.result()
     count_tokens(metrics, body.model, completion)
     choice: dict[str, Any] = {"index": 0, "finish_reason": completion.finish_reason}
     if chat:

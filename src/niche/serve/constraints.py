@@ -1,0 +1,120 @@
+"""Constrained decoding: a label specialist's label set, or JSON that validates against a schema.
+
+A constraint masks one row's next-token logits and follows the tokens chosen for it. JSON schemas go through
+llguidance (the grammar engine vLLM and SGLang use; a small Rust wheel, no GPU toolchain).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+import torch
+
+from niche.errors import NicheError
+from niche.eval.generation import AnswerTrie
+
+BIT_POSITIONS = torch.arange(32, dtype=torch.int32)
+
+
+class SchemaError(NicheError):
+    """A response_format schema that cannot be compiled into a grammar."""
+
+
+class TokenConstraint(Protocol):
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """`logits` (one row) with every token the constraint forbids set to -inf."""
+
+    def accept(self, token: int) -> None:
+        """Follow the token chosen for this row."""
+
+    def complete(self) -> bool:
+        """True once the output is finished: only an end-of-turn token may follow."""
+
+
+class LabelConstraint:
+    """Only answers from a label set, token by token along their prefix tree."""
+
+    def __init__(self, trie: AnswerTrie) -> None:
+        self.trie = trie
+        self.generated: list[int] = []
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        allowed = torch.tensor(self.trie.allowed_after(self.generated), device=logits.device)
+        return torch.full_like(logits, float("-inf")).index_copy(0, allowed, logits[allowed])
+
+    def accept(self, token: int) -> None:
+        self.generated.append(token)
+
+    def complete(self) -> bool:
+        return set(self.trie.allowed_after(self.generated)) <= set(self.trie.stop_ids)
+
+
+class JsonGrammar:
+    """llguidance's tokenizer view of one model, shared by every JSON constraint on that model."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, stop_ids: list[int]) -> None:
+        import llguidance.hf
+
+        self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=stop_ids)
+        self.vocab_size = vocab_size
+
+    def compile(self, schema: dict[str, Any] | None) -> str:
+        """The grammar text for `schema` (None: any JSON object); a schema it cannot compile is a SchemaError."""
+        import llguidance
+
+        try:
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(
+                schema if schema is not None else {"type": "object"},
+                # Compact JSON: a free-whitespace grammar lets a small model pad its answer with blank lines.
+                defaults={"whitespace_flexible": False},
+            )
+        except (ValueError, TypeError) as error:
+            raise SchemaError(f"response_format.json_schema.schema: not a JSON schema object: {error}") from error
+        problem = llguidance.LLMatcher.validate_grammar(grammar, self.tokenizer)
+        if problem and not problem.startswith("WARNING"):
+            raise SchemaError(f"response_format.json_schema.schema: cannot be compiled: {problem}")
+        return grammar
+
+    def constraint(self, grammar: str) -> JsonConstraint:
+        return JsonConstraint(self, grammar)
+
+
+class JsonConstraint:
+    def __init__(self, grammar: JsonGrammar, text: str) -> None:
+        import llguidance
+        import llguidance.torch
+
+        self.matcher = llguidance.LLMatcher(grammar.tokenizer, text)
+        self.bitmask = llguidance.torch.allocate_token_bitmask(1, grammar.vocab_size)
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        import llguidance.torch
+
+        llguidance.torch.fill_next_token_bitmask(self.matcher, self.bitmask, 0)
+        # Unpacked here rather than with llguidance's helper, which is torch.compile'd: a compiler toolchain
+        # and seconds of compilation on the first request.
+        allowed = ((self.bitmask[0].unsqueeze(-1) >> BIT_POSITIONS) & 1).flatten()[: logits.shape[0]].bool()
+        return logits.masked_fill(~allowed.to(logits.device), float("-inf"))
+
+    def accept(self, token: int) -> None:
+        if not self.matcher.consume_token(token):
+            raise NicheError(f"constrained decoding failed: {self.matcher.get_error()}")
+
+    def complete(self) -> bool:
+        return self.matcher.is_stopped()
+
+
+def schema_of(response_format: dict[str, Any]) -> dict[str, Any] | None:
+    """The schema inside an OpenAI `json_schema` response_format (None for `json_object`)."""
+    if response_format.get("type") == "json_object":
+        return None
+    schema = (response_format.get("json_schema") or {}).get("schema")
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except json.JSONDecodeError as error:
+            raise SchemaError(f"response_format.json_schema.schema: invalid JSON: {error}") from error
+    if not isinstance(schema, dict):
+        raise SchemaError("response_format.json_schema.schema: expected a JSON schema object")
+    return schema
