@@ -29,6 +29,7 @@ bench: install
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/serve_load.py
+	$(BIN)/python bench/curate_speed.py
 
 lint: install
 	$(BIN)/ruff check src tests examples bench

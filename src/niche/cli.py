@@ -125,6 +125,58 @@ def data_check(
         raise typer.Exit(1)
 
 
+@app.command("curate")
+def curate_command(
+    inputs: Annotated[list[Path], typer.Argument(help="JSONL or CSV files, any of niche's row shapes.")],
+    out: Annotated[Path, typer.Option(help="Directory for the splits, rejects.jsonl and the data card.")],
+    near_duplicate_threshold: Annotated[
+        float, typer.Option(help="Estimated Jaccard similarity of word shingles above which inputs are near-same.")
+    ] = 0.8,
+    conflicts: Annotated[
+        str, typer.Option(help="Same input, different answers: majority (keep the majority answer), drop, keep.")
+    ] = "majority",
+    redact_pii: Annotated[
+        bool, typer.Option(help="Replace emails, phones, cards, IBANs and IPs by placeholders.")
+    ] = False,
+    split: Annotated[str, typer.Option(help="train/validation/test fractions.")] = "0.7,0.15,0.15",
+    seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
+    max_chars: Annotated[int, typer.Option(help="Rows longer than this (characters) are rejected.")] = 20_000,
+    decontaminate: Annotated[
+        list[Path] | None, typer.Option(help="Benchmark file whose n-grams training rows must not share (repeatable).")
+    ] = None,
+    ngram: Annotated[int, typer.Option(help="n of the decontamination n-grams (13 as in GPT-3).")] = 13,
+    format: Annotated[str, typer.Option(help="auto, label, prompt_completion, alpaca or chat.")] = "auto",
+) -> None:
+    """Normalise, deduplicate (exact and MinHash near duplicates), resolve conflicts, redact PII, split."""
+    from niche.data.curate import CurateSettings, curate
+
+    try:
+        fractions = tuple(float(part) for part in split.split(","))
+    except ValueError as error:
+        raise ConfigError(f"--split {split!r}: expected three comma-separated fractions") from error
+    settings = CurateSettings(
+        near_duplicate_threshold=near_duplicate_threshold,
+        conflicts=conflicts,  # type: ignore[arg-type]
+        redact_pii=redact_pii,
+        split=fractions,  # type: ignore[arg-type]
+        seed=seed,
+        max_chars=max_chars,
+        decontaminate=tuple(decontaminate or ()),
+        ngram=ngram,
+        format=format,
+    )
+    report = curate(inputs, out, settings)
+    table = Table("stage", "rows")
+    for stage, count in report.stages.items():
+        table.add_row(stage, str(count))
+    console.print(table)
+    console.print(
+        f"splits: {', '.join(f'{name} {count}' for name, count in report.splits.items())}; "
+        f"conflict groups: {len(report.conflicts)}; PII redacted: {report.pii_redacted or 'none'}"
+    )
+    console.print(f"wrote {out}/{{train,validation,test}}.jsonl, rejects.jsonl ({report.rejects} rows), data_card.md")
+
+
 @app.command("train")
 def train_command(
     config: Annotated[Path, typer.Argument(help="niche.yaml for the specialist.")],
