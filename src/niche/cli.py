@@ -177,6 +177,80 @@ def curate_command(
     console.print(f"wrote {out}/{{train,validation,test}}.jsonl, rejects.jsonl ({report.rejects} rows), data_card.md")
 
 
+@app.command("synth")
+def synth_command(
+    out: Annotated[Path, typer.Option(help="Output JSONL (append-only; a rerun continues it).")],
+    teacher: Annotated[str, typer.Option(help="OpenAI-compatible base URL, or local:NAME (model run in process).")],
+    seeds: Annotated[Path | None, typer.Option(help="Seed examples (any niche row shape).")] = None,
+    teacher_model: Annotated[str | None, typer.Option(help="Model name to ask the endpoint for.")] = None,
+    api_key_env: Annotated[
+        str, typer.Option(help="Environment variable holding the endpoint's API key.")
+    ] = "OPENAI_API_KEY",
+    n: Annotated[int, typer.Option(help="Rows wanted (accepted); rejected rows are replaced, up to 3 rounds.")] = 100,
+    strategy: Annotated[
+        str, typer.Option(help="variations (of the seeds, balanced per label) or documents.")
+    ] = "variations",
+    documents: Annotated[list[Path] | None, typer.Option(help="Text/markdown files for strategy documents.")] = None,
+    test: Annotated[Path | None, typer.Option(help="Held-out rows no synthetic row may nearly duplicate.")] = None,
+    per_request: Annotated[int, typer.Option(help="Rows asked for in one teacher request.")] = 5,
+    concurrency: Annotated[int, typer.Option(help="Teacher requests in flight.")] = 4,
+    temperature: Annotated[float, typer.Option(help="Teacher sampling temperature.")] = 0.9,
+    timeout: Annotated[float, typer.Option(help="Seconds per teacher request before it is retried.")] = 60.0,
+    max_retries: Annotated[int, typer.Option(help="Retries on 429, 5xx, timeouts.")] = 5,
+    judge: Annotated[bool, typer.Option(help="Score each row with the teacher as a judge (1-5).")] = False,
+    min_judge_score: Annotated[int, typer.Option(help="Lowest judge score accepted.")] = 4,
+    prompt_template: Annotated[
+        Path | None,
+        typer.Option(help="Your prompt template (str.format fields: labels, label, examples, count, passage)."),
+    ] = None,
+    price_input: Annotated[float, typer.Option(help="Price per million prompt tokens.")] = 0.0,
+    price_output: Annotated[float, typer.Option(help="Price per million completion tokens.")] = 0.0,
+    structured: Annotated[
+        bool, typer.Option(help="Ask the teacher for schema-constrained JSON (response_format).")
+    ] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the plan and of sampling.")] = 0,
+) -> None:
+    """Generate rows with a teacher model; validate, deduplicate and cost every one."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from niche.synth import SynthSettings, make_teacher, synthesize
+
+    settings = SynthSettings(
+        n=n,
+        strategy=strategy,  # type: ignore[arg-type]
+        per_request=per_request,
+        concurrency=concurrency,
+        temperature=temperature,
+        seed=seed,
+        judge=judge,
+        min_judge_score=min_judge_score,
+        prompt_template=prompt_template.read_text(encoding="utf-8") if prompt_template else None,
+        price_input_per_million=price_input,
+        price_output_per_million=price_output,
+    )
+    options = {"api_key_env": api_key_env, "timeout_s": timeout, "max_retries": max_retries, "structured": structured}
+    client = make_teacher(teacher, teacher_model, **({} if teacher.startswith("local:") else options))
+    with Progress(
+        TextColumn("synth"), BarColumn(), TextColumn("{task.completed}/{task.total} requests"), TimeRemainingColumn()
+    ) as progress:
+        task = progress.add_task("synth", total=None)
+        report = synthesize(
+            seeds,
+            client,
+            out,
+            settings,
+            documents=documents,
+            test_path=test,
+            on_request=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    console.print(
+        f"accepted {report.accepted} of {report.generated} generated; rejected {report.rejected or 'none'}; "
+        f"tokens {report.prompt_tokens}+{report.completion_tokens}, cost {report.cost:.4f}; "
+        f"{report.requests_failed} requests failed"
+    )
+    console.print(f"wrote {out}, its .rejects.jsonl and .report.md")
+
+
 @app.command("train")
 def train_command(
     config: Annotated[Path, typer.Argument(help="niche.yaml for the specialist.")],
