@@ -45,8 +45,20 @@ def scripted_teacher(script: list[str], per_reply: int = 5) -> tuple[FastAPI, di
         label_match = re.search(r'labelled "(\w+)"', prompt)
         label = label_match.group(1) if label_match else None
         rng = random.Random(call)
-        if action == "malformed":
+        if "Rate this training example" in prompt:
+            score = {"judge_low": 2, "judge_garbage": None}.get(action, 5)
+            content = "I cannot tell" if score is None else json.dumps({"score": score, "reason": "looks right"})
+        elif action == "malformed":
             content = "Sure! Here are some great examples for you."
+        elif "input/answer pairs" in prompt:
+            items = [
+                {
+                    "input": " ".join(rng.sample(VOCABULARY, 8)),
+                    "output": json.dumps({"severity": rng.choice(["low", "high"])}) if index else "not json",
+                }
+                for index in range(per_reply)
+            ]
+            content = json.dumps({"items": items})
         elif action == "seed_copy":
             seed_line = re.search(r"^- (.+)$", prompt, re.MULTILINE).group(1)
             content = json.dumps({"items": [{"text": seed_line, "label": label}]})
@@ -223,3 +235,84 @@ def test_parse_items_and_bad_settings() -> None:
         make_teacher("http://127.0.0.1:1/v1", None)
     with pytest.raises(ConfigError, match="base URL or local"):
         make_teacher("ftp://nowhere", "m")
+
+
+def test_judge_scores_gate_rows_and_malformed_verdicts_reject(tmp_path, seeds) -> None:
+    # Calls: a generation reply, then one judge call per row that passed validation.
+    app, _ = scripted_teacher(["good", "judge_low", "judge_garbage", "good", "good", "good"], per_reply=5)
+    out = tmp_path / "judged.jsonl"
+    with running(app) as url:
+        report = synthesize(
+            seeds, teacher_at(url), out, SynthSettings(n=5, per_request=5, concurrency=1, judge=True, max_rounds=1)
+        )
+    rows = read_jsonl(out)
+    judged_out = [reject for reject in read_jsonl(out.with_name("judged.rejects.jsonl")) if reject["kind"] == "judge"]
+    assert len(rows) == 3 and all(row["judge_score"] == 5 for row in rows)
+    assert sorted(reject["reason"].split(":")[0] for reject in judged_out) == ["score 2 < 4", "score None < 4"]
+    assert report.prompt_tokens == 10 * 6, "judge calls are counted"
+
+
+def test_output_schema_and_malformed_seed_rows(tmp_path) -> None:
+    seeds = tmp_path / "pairs.jsonl"
+    rows = [
+        {"prompt": f"finding {index} " + " ".join(VOCABULARY[index : index + 5]), "completion": '{"severity": "low"}'}
+        for index in range(6)
+    ]
+    write_jsonl(seeds, rows)
+    with seeds.open("a") as handle:
+        handle.write("{not json\n")
+    schema = {"type": "object", "properties": {"severity": {"enum": ["low", "high"]}}, "required": ["severity"]}
+    app, _ = scripted_teacher([], per_reply=4)
+    out = tmp_path / "pairs-out.jsonl"
+    with running(app) as url:
+        report = synthesize(
+            seeds,
+            teacher_at(url),
+            out,
+            SynthSettings(n=3, per_request=4, concurrency=1, output_schema=schema, max_rounds=1),
+        )
+    rejects = read_jsonl(out.with_name("pairs-out.rejects.jsonl"))
+    assert report.seed_problems == 1 and rejects[0]["source"] == f"{seeds}:7" and rejects[0]["kind"] == "bad_seed"
+    assert [reject["kind"] for reject in rejects[1:]] == ["schema"]
+    assert report.accepted == 3 and all(
+        json.loads(row["completion"])["severity"] in {"low", "high"} for row in read_jsonl(out)
+    )
+
+
+def test_a_local_teacher_runs_in_process(tmp_path, seeds, tiny_base) -> None:
+    teacher = make_teacher(f"local:{tiny_base}", None)
+    report = synthesize(
+        seeds, teacher, tmp_path / "local.jsonl", SynthSettings(n=2, per_request=2, max_tokens=12, max_rounds=1)
+    )
+    assert teacher.name == f"local:{tiny_base}" and report.completion_tokens > 0
+    assert report.generated == report.accepted + sum(report.rejected.values()) >= 1, (
+        "a random model's reply is judged, not trusted"
+    )
+
+
+def test_cli_synth(tmp_path, seeds) -> None:
+    from typer.testing import CliRunner
+
+    from niche.cli import app as cli
+
+    app, _ = scripted_teacher([])
+    out = tmp_path / "cli.jsonl"
+    with running(app) as url:
+        result = CliRunner().invoke(
+            cli,
+            [
+                "synth",
+                "--seeds",
+                str(seeds),
+                "--teacher",
+                f"{url}/v1",
+                "--teacher-model",
+                "t",
+                "--n",
+                "4",
+                "--out",
+                str(out),
+            ],
+        )
+    assert result.exit_code == 0, result.output
+    assert "accepted" in result.output and len(read_jsonl(out)) >= 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -177,6 +178,16 @@ def curate_command(
     console.print(f"wrote {out}/{{train,validation,test}}.jsonl, rejects.jsonl ({report.rejects} rows), data_card.md")
 
 
+def _read_schema(path: Path) -> dict[str, Any]:
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: not a readable JSON schema ({error})") from error
+    if not isinstance(schema, dict):
+        raise ConfigError(f"{path}: a JSON schema must be an object")
+    return schema
+
+
 @app.command("synth")
 def synth_command(
     out: Annotated[Path, typer.Option(help="Output JSONL (append-only; a rerun continues it).")],
@@ -208,6 +219,9 @@ def synth_command(
     structured: Annotated[
         bool, typer.Option(help="Ask the teacher for schema-constrained JSON (response_format).")
     ] = True,
+    output_schema: Annotated[
+        Path | None, typer.Option(help="JSON schema every generated answer must match (JSON-output tasks).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the plan and of sampling.")] = 0,
 ) -> None:
     """Generate rows with a teacher model; validate, deduplicate and cost every one."""
@@ -227,6 +241,7 @@ def synth_command(
         prompt_template=prompt_template.read_text(encoding="utf-8") if prompt_template else None,
         price_input_per_million=price_input,
         price_output_per_million=price_output,
+        output_schema=_read_schema(output_schema) if output_schema else None,
     )
     options = {"api_key_env": api_key_env, "timeout_s": timeout, "max_retries": max_retries, "structured": structured}
     client = make_teacher(teacher, teacher_model, **({} if teacher.startswith("local:") else options))

@@ -37,12 +37,13 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from niche.data.examples import Example
-from niche.data.formats import load_examples
+from niche.data.formats import load_examples, read_examples
 from niche.data.minhash import NearDuplicateIndex
 from niche.errors import ConfigError, DataError, NicheError
 from niche.io import write_json_atomic, write_text_atomic
 
 Strategy = Literal["variations", "documents"]
+SEED_REJECTS = "seeds"  # request id under which malformed seed rows are kept in the rejects file
 
 VARIATIONS_LABEL_PROMPT = """You write training data for a text classifier.
 The labels are: {labels}.
@@ -245,6 +246,7 @@ class SynthSettings:
     price_output_per_million: float = 0.0
     passage_chars: int = 1500
     max_rounds: int = 3
+    output_schema: dict[str, Any] | None = None  # answers must be JSON that validates against it
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.per_request < 1 or self.concurrency < 1:
@@ -277,6 +279,7 @@ class SynthReport:
     cost: float = 0.0
     labels: dict[str, int] = field(default_factory=dict)
     resumed_requests: int = 0
+    seed_problems: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -452,6 +455,15 @@ class Validator:
             return "length", f"input length {len(text)} outside [{self.settings.min_chars}, {self.settings.max_chars}]"
         if not answer or len(answer) > self.settings.max_chars:
             return "length", f"answer length {len(answer)} outside [1, {self.settings.max_chars}]"
+        if self.settings.output_schema is not None:
+            import jsonschema
+
+            try:
+                jsonschema.validate(json.loads(answer), self.settings.output_schema)
+            except json.JSONDecodeError as error:
+                return "schema", f"answer is not JSON: {error.msg}"
+            except jsonschema.ValidationError as error:
+                return "schema", f"answer does not match the schema: {error.message}"
         signature = self.index.hasher.signatures([text])
         for name, reference in (("seed", self.seed_signatures), ("test", self.test_signatures)):
             if self.index.matches(signature, reference)[0]:
@@ -503,17 +515,24 @@ class SynthOutput:
         """(finished requests, their accepted rows, their rejected rows); rows of unfinished requests and a
         torn last line are dropped so the rerun writes them once."""
         finished = {row["request_id"]: row for row in _read_jsonl(self.progress)}
+        finished_or_seeds = {*finished, SEED_REJECTS}
         kept: list[list[dict[str, Any]]] = []
         for path in (self.out, self.rejects):
-            rows = [row for row in _read_jsonl(path) if row.get("request_id") in finished]
+            rows = [row for row in _read_jsonl(path) if row.get("request_id") in finished_or_seeds]
             write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
             kept.append(rows)
         write_text_atomic(self.progress, "".join(json.dumps(row) + "\n" for row in finished.values()))
         return finished, kept[0], kept[1]
 
-    def write(self, accepted: list[dict[str, Any]], rejected: list[dict[str, Any]], progress: dict[str, Any]) -> None:
+    def write(
+        self, accepted: list[dict[str, Any]], rejected: list[dict[str, Any]], progress: dict[str, Any] | None
+    ) -> None:
         with self.lock:
-            for path, rows in ((self.out, accepted), (self.rejects, rejected), (self.progress, [progress])):
+            for path, rows in (
+                (self.out, accepted),
+                (self.rejects, rejected),
+                (self.progress, [progress] if progress else []),
+            ):
                 if rows:
                     with path.open("a", encoding="utf-8") as handle:
                         handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
@@ -545,7 +564,17 @@ def synthesize(
 ) -> SynthReport:
     """Generate, validate and append rows to `out` until the plan is done; returns (and writes) the report."""
     settings = settings or SynthSettings()
-    seeds = load_examples(seeds_path).examples if seeds_path else []
+    seed_result = read_examples(seeds_path) if seeds_path else None
+    seeds = seed_result.examples if seed_result else []
+    seed_problems = [
+        {
+            "request_id": SEED_REJECTS,
+            "kind": "bad_seed",
+            "source": f"{problem.path}:{problem.line}",
+            "reason": problem.message,
+        }
+        for problem in (seed_result.problems if seed_result else [])
+    ]
     tests = load_examples(test_path).examples if test_path else []
     texts = []
     for path in documents or []:
@@ -556,6 +585,8 @@ def synthesize(
     output = SynthOutput(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     finished, accepted_before, rejected_before = output.resume()
+    rejected_before = [row for row in rejected_before if row.get("request_id") != SEED_REJECTS]
+    output.write([], seed_problems, None)
     report = SynthReport(teacher.name, settings.strategy, resumed_requests=len(finished))
     for progress in finished.values():
         report.prompt_tokens += progress["prompt_tokens"]
@@ -661,6 +692,7 @@ def synthesize(
         requests, _, _ = plan_requests(seeds, texts, settings, start, -(-missing // settings.per_request))
     report.accepted = sum(accepted_count.values())
     report.rejected = dict(rejected_count)
+    report.seed_problems = len(seed_problems)
     report.labels = {str(label): count for label, count in accepted_count.items() if label is not None}
     report.cost = round(
         (
@@ -685,6 +717,7 @@ def report_markdown(report: SynthReport) -> str:
         "|---|---|",
         f"| requests planned | {report.requests} (resumed from an earlier run: {report.resumed_requests}) |",
         f"| requests failed after retries | {report.requests_failed} |",
+        f"| malformed seed rows (in the rejects file) | {report.seed_problems} |",
         f"| retries | {report.retries} |",
         f"| rows generated | {report.generated} |",
         f"| accepted | {report.accepted} |",
