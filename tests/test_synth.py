@@ -15,7 +15,8 @@ from fastapi.responses import JSONResponse
 from conftest import LABELS, ticket_rows, write_jsonl
 from niche.data.formats import load_examples
 from niche.errors import ConfigError
-from niche.synth import OpenAITeacher, SynthSettings, chunk_text, make_teacher, parse_items, synthesize
+from niche.rag import chunk_text
+from niche.synth import OpenAITeacher, SynthSettings, make_teacher, parse_items, synthesize
 from test_serve import running
 
 VOCABULARY = [

@@ -350,11 +350,59 @@ def generate(seed: int = 7) -> dict[str, list[dict[str, str]]]:
     return splits
 
 
+# The triage handbook: what each category covers, for the retrieval rungs of `niche ladder`.
+CATEGORY_GUIDES = {
+    "data-exposure": "Data that can be read by people who should not see it: public storage buckets and blobs, "
+    "shared snapshots and backups, databases or search clusters reachable without authentication, sensitive data "
+    "found by classifiers in places open to the internet. File it here when the problem is who can read the data.",
+    "encryption": "Data at rest or in transit that is not protected by encryption, or protected badly: unencrypted "
+    "volumes, buckets, databases and queues, disabled TLS or old TLS versions, keys without rotation, customer-managed "
+    "keys that are missing or scheduled for deletion. File it here when the problem is how the data is protected.",
+    "identity-access": "Who can do what: over-broad IAM roles and policies, missing MFA, old or unused access keys, "
+    "privileged users and service accounts, trust policies open to other accounts, weak password policies. File it "
+    "here when the problem is a permission or an identity.",
+    "logging-monitoring": "Blind spots: audit logs, flow logs or access logs switched off, log retention too short, "
+    "alerts and detectors disabled, trails that do not cover every region. File it here when the problem is that an "
+    "attack would not be seen.",
+    "network-exposure": "Services reachable from networks that should not reach them: security groups and firewall "
+    "rules open to 0.0.0.0/0, public IPs on databases and admin ports (SSH, RDP), open load balancers, missing "
+    "private endpoints. File it here when the problem is a network path.",
+    "secrets-exposure": "Credentials where they do not belong: keys, tokens and passwords in source code, container "
+    "images, environment variables, logs or chat; secrets committed to repositories. File it here when a secret "
+    "has leaked and must be rotated.",
+    "threat-activity": "Signs of an attacker or malware at work: logins from unusual countries or Tor, crypto mining, "
+    "port scans and brute force, calls to known malicious IPs, anomalous API activity. File it here when something "
+    "is happening now, not when a setting is wrong.",
+    "vulnerable-software": "Known weaknesses in software versions: CVEs in images, packages and operating systems, "
+    "unpatched hosts, end-of-life runtimes, outdated managed engines. File it here when the fix is an upgrade or a "
+    "patch.",
+}
+GENERIC_SLOTS = {
+    "account": "the account", "team": "the team", "user": "a user", "days": "many", "ip": "an external IP",
+    "env": "an environment", "region": "a region", "country": "an unusual country", "count": "several",
+    "id": "0a1b2c3d", "cvss": "high", "cve": "a recent CVE",
+}  # fmt: skip
+
+
+def write_handbook(directory: Path) -> None:
+    """One markdown page per category: what belongs there and typical findings, written as generic patterns."""
+    directory.mkdir(exist_ok=True)
+    for category, scenarios in SCENARIOS.items():
+        lines = [f"# {category}", "", CATEGORY_GUIDES[category], "", "## Typical findings", ""]
+        for cloud, templates in scenarios.items():
+            # Each line names its category, so any passage cut from the page still says where its findings go.
+            where = CLOUD_NAMES.get(cloud, "any cloud")
+            lines += [f"- {category} ({where}): {template.format(**GENERIC_SLOTS)}" for template in templates]
+        (directory / f"{category}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def main() -> None:
     for split, rows in generate().items():
         path = HERE / f"{split}.jsonl"
         path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
         print(f"wrote {len(rows)} rows to {path}")
+    write_handbook(HERE / "handbook")
+    print(f"wrote the triage handbook to {HERE / 'handbook'}")
 
 
 if __name__ == "__main__":

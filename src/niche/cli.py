@@ -25,6 +25,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Inspect training data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+rag_app = typer.Typer(help="Retrieval: index domain documents and search them.", no_args_is_help=True)
+app.add_typer(rag_app, name="rag")
 console = Console(soft_wrap=True)
 state = {"debug": False}
 
@@ -437,6 +439,52 @@ def serve(
     app = create_app(torch_engine, ServeSettings(frozenset(keys), max_body_bytes), router)
     console.print(f"serving {', '.join(torch_engine.model_names())} on http://{host}:{port}/v1")
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@rag_app.command("index")
+def rag_index(
+    documents: Annotated[list[Path], typer.Argument(help="Text, markdown or PDF files, or directories of them.")],
+    out: Annotated[Path, typer.Option(help="Index directory to write.")],
+    chunk_size: Annotated[int, typer.Option(help="Characters per passage.")] = 800,
+    overlap: Annotated[int, typer.Option(help="Characters shared by consecutive passages.")] = 150,
+) -> None:
+    """Chunk, embed (all-MiniLM-L6-v2) and store documents in one SQLite file (sqlite-vec + FTS5)."""
+    from niche.rag import RagIndex
+
+    index = RagIndex.build(documents, out, chunk_size=chunk_size, overlap=overlap)
+    console.print(f"indexed {index.meta['chunks']} passages from {len(index.meta['documents'])} documents into {out}")
+
+
+@rag_app.command("search")
+def rag_search(
+    index: Annotated[Path, typer.Argument(help="Index directory from `niche rag index`.")],
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    k: Annotated[int, typer.Option(help="Passages to return.")] = 3,
+    mode: Annotated[str, typer.Option(help="vector, bm25 or hybrid.")] = "hybrid",
+) -> None:
+    """The best passages for a query."""
+    from niche.rag import RagIndex
+
+    for hit in RagIndex.open(index).search(query, k, mode):  # type: ignore[arg-type]
+        console.print(f"[bold]{hit.chunk.source}[/] ({hit.score:.4f})\n{hit.chunk.text}\n")
+
+
+@app.command()
+def ladder(
+    config_path: Annotated[Path, typer.Argument(help="niche.yaml (with rag.documents for the retrieval rungs).")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Report directory; SPECIALIST/ladder when absent.")] = None,
+) -> None:
+    """Base, base+RAG, specialist, specialist+RAG on the held-out set: quality, latency, cost, forgetting."""
+    from niche.config import load_config
+    from niche.ladder import run_ladder, write_ladder_report
+    from niche.report import ladder_markdown
+
+    config = load_config(config_path, overrides)
+    report = run_ladder(config)
+    directory = write_ladder_report(report, out or config.specialist_dir / "ladder")
+    console.print(ladder_markdown(report))
+    console.print(f"report: {directory / 'ladder.html'}")
 
 
 @app.command()

@@ -36,6 +36,10 @@ class DataConfig(_Strict):
     validation_fraction: float = Field(
         0.1, gt=0, lt=0.5, description="Share of train held out when no validation file."
     )
+    replay: Path | None = Field(
+        None, description="General-domain rows (any shape) mixed into training against forgetting."
+    )
+    replay_fraction: float = Field(0.1, ge=0, le=1, description="Replay rows per training row.")
 
 
 class PromptConfig(_Strict):
@@ -73,12 +77,40 @@ class TrainingSettings(_Strict):
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk (the best one is always kept).")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
+    forgetting_probe_every: int | None = Field(
+        None, ge=1, description="Score everyday multiple-choice questions every N steps against the base."
+    )
+    forgetting_probe_questions: int = Field(60, ge=4, description="Questions in the training-time probe.")
+    forgetting_threshold: float = Field(0.05, ge=0, description="Relative accuracy drop that triggers the action.")
+    forgetting_action: Literal["warn", "stop"] = "warn"
 
 
 class EvalSettings(_Strict):
     batch_size: int = Field(16, ge=1)
     max_new_tokens: int = Field(128, ge=1, description="Generation budget for generation and JSON tasks.")
     constrain_to_labels: bool = Field(True, description="Label tasks: decode only sequences from the label set.")
+
+
+class RagSettings(_Strict):
+    documents: list[Path] = Field(default_factory=list, description="Domain documents (files or directories) to index.")
+    index: Path | None = Field(None, description="Index directory; output_dir/NAME-index when absent.")
+    top_k: int = Field(3, ge=1, description="Passages inserted as context.")
+    mode: Literal["vector", "bm25", "hybrid"] = "hybrid"
+    chunk_size: int = Field(800, ge=100, description="Characters per passage.")
+    overlap: int = Field(150, ge=0)
+    relevant_field: str | None = Field(
+        None, description="Test-row field naming the passage that answers it; enables recall@k and MRR."
+    )
+
+
+class LadderSettings(_Strict):
+    target: float = Field(0.9, description="Headline metric the recommended rung must reach.")
+    price_per_hour: float = Field(0.10, ge=0, description="Hardware price per hour, for cost per million tokens.")
+    latency_requests: int = Field(16, ge=1, description="Requests timed one at a time for latency.")
+    general_text: Path | None = Field(None, description="General-domain text (one passage per line) for perplexity.")
+    general_lines: int = Field(200, ge=1, description="Lines of general text scored.")
+    general_questions: Path | None = Field(None, description="Multiple-choice set; niche's everyday set when absent.")
+    forgetting_threshold: float = Field(0.05, ge=0, description="Relative drop that counts as forgetting.")
 
 
 class NicheConfig(_Strict):
@@ -95,6 +127,8 @@ class NicheConfig(_Strict):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
+    rag: RagSettings = Field(default_factory=RagSettings)
+    ladder: LadderSettings = Field(default_factory=LadderSettings)
 
     @field_validator("name")
     @classmethod
@@ -175,9 +209,21 @@ def resolve_paths(config: NicheConfig, base_dir: Path) -> NicheConfig:
             "train": resolve(config.data.train),
             "validation": resolve(config.data.validation),
             "test": resolve(config.data.test),
+            "replay": resolve(config.data.replay),
         }
     )
-    return config.model_copy(update={"data": data, "output_dir": resolve(config.output_dir)})
+    rag = config.rag.model_copy(
+        update={"documents": [resolve(path) for path in config.rag.documents], "index": resolve(config.rag.index)}
+    )
+    ladder = config.ladder.model_copy(
+        update={
+            "general_text": resolve(config.ladder.general_text),
+            "general_questions": resolve(config.ladder.general_questions),
+        }
+    )
+    return config.model_copy(
+        update={"data": data, "output_dir": resolve(config.output_dir), "rag": rag, "ladder": ladder}
+    )
 
 
 def _describe_validation_error(path: Path | None, error: ValidationError) -> str:

@@ -218,6 +218,21 @@ def load_model(
     return model if quantization == "4bit" else model.to(device)
 
 
+def prepare_for_inference(model: Any) -> Any:
+    """Flag every weight requires_grad on CPU, for models that only run under no_grad/inference_mode.
+
+    PyTorch's CPU linear layer takes a path that copies the whole weight when the weight is frozen, the dtype
+    is bf16 and the input is a 3-D slice such as the last positions transformers keeps for the output
+    projection (`logits_to_keep`): measured 1.3 s against 6 ms for a 49k-row projection over 32x4 positions,
+    and 53 ms against 2 ms for one token. With the flag set the fast path is taken; under no_grad it costs
+    nothing, as no graph is recorded.
+    """
+    if next(model.parameters()).device.type == "cpu":
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+    return model
+
+
 def four_bit_config(compute_dtype: Any, device: str) -> Any:
     """NF4 with double quantization, as in the QLoRA paper; bitsandbytes is imported only here."""
     from niche.errors import ConfigError

@@ -100,14 +100,15 @@ def resolve_specialist_base(manifest: SpecialistManifest) -> Any:
 
 
 def load_specialist(specialist_dir: Path, device: str, dtype: Any) -> tuple[Any, Any, SpecialistManifest]:
-    """PEFT model (base + adapter), tokenizer and manifest, ready for inference."""
+    """PEFT model (base + adapter), tokenizer and manifest, ready for inference (under no_grad only: see
+    `prepare_for_inference`)."""
     from peft import PeftModel
 
-    from niche.models import load_model, load_tokenizer
+    from niche.models import load_model, load_tokenizer, prepare_for_inference
 
     manifest = read_manifest(specialist_dir)
     base = resolve_specialist_base(manifest)
     tokenizer = load_tokenizer(base)
     model = PeftModel.from_pretrained(load_model(base, dtype, device), str(specialist_dir))
     model.eval()
-    return model, tokenizer, manifest
+    return prepare_for_inference(model), tokenizer, manifest

@@ -41,6 +41,7 @@ from niche.data.formats import load_examples, read_examples
 from niche.data.minhash import NearDuplicateIndex
 from niche.errors import ConfigError, DataError, NicheError
 from niche.io import write_json_atomic, write_text_atomic
+from niche.rag import chunk_text
 
 Strategy = Literal["variations", "documents"]
 SEED_REJECTS = "seeds"  # request id under which malformed seed rows are kept in the rejects file
@@ -177,7 +178,7 @@ class LocalTeacher:
 
     def __init__(self, spec: str) -> None:
         from niche.hardware import detect_hardware
-        from niche.models import load_model, load_tokenizer, resolve_base
+        from niche.models import load_model, load_tokenizer, prepare_for_inference, resolve_base
         from niche.specialist import MANIFEST_NAME, load_specialist
 
         hardware = detect_hardware()
@@ -186,7 +187,7 @@ class LocalTeacher:
         else:
             base = resolve_base(spec)
             self.tokenizer = load_tokenizer(base)
-            self.model = load_model(base, hardware.dtype, hardware.device).eval()
+            self.model = prepare_for_inference(load_model(base, hardware.dtype, hardware.device).eval())
         self.name = f"local:{spec}"
         self.lock = threading.Lock()
 
@@ -304,7 +305,10 @@ def plan_requests(
     labels = sorted({example.label for example in seeds if example.label is not None})
     requests: list[SynthRequest] = []
     if settings.strategy == "documents":
-        passages = [passage for document in documents for passage in chunk_text(document, settings.passage_chars)]
+        overlap = min(150, settings.passage_chars // 4)
+        passages = [
+            passage for document in documents for passage in chunk_text(document, settings.passage_chars, overlap)
+        ]
         if not passages:
             raise ConfigError("strategy documents: give --documents files with text")
         template = settings.prompt_template or DOCUMENTS_PROMPT
@@ -358,24 +362,6 @@ def _items_schema(item_properties: dict[str, Any], count: int) -> dict[str, Any]
         "required": ["items"],
         "additionalProperties": False,
     }
-
-
-def chunk_text(text: str, size: int, overlap: int = 200) -> list[str]:
-    """Paragraph-aligned passages of about `size` characters, overlapping by about `overlap`."""
-    paragraphs = [part.strip() for part in re.split(r"\n\s*\n", text) if part.strip()]
-    passages: list[str] = []
-    current = ""
-    for paragraph in paragraphs:
-        while len(paragraph) > size:  # one paragraph longer than a passage: cut it
-            passages.append(paragraph[:size])
-            paragraph = paragraph[size - overlap :]
-        if current and len(current) + len(paragraph) + 2 > size:
-            passages.append(current)
-            current = current[-overlap:] if overlap else ""
-        current = f"{current}\n\n{paragraph}" if current else paragraph
-    if current:
-        passages.append(current)
-    return passages
 
 
 def parse_items(text: str) -> list[dict[str, Any]]:

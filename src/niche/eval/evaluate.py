@@ -114,7 +114,7 @@ def evaluate(
 @contextlib.contextmanager
 def _bare_base(model: Any, tokenizer: Any, manifest: SpecialistManifest, base: str, hardware: Any) -> Iterator[Any]:
     """The specialist's own base with the adapter switched off, or another base model loaded separately."""
-    from niche.models import load_model, load_tokenizer, resolve_base
+    from niche.models import load_model, load_tokenizer, prepare_for_inference, resolve_base
 
     if base in ("base", manifest.base.spec):
         with model.disable_adapter():
@@ -127,8 +127,7 @@ def _bare_base(model: Any, tokenizer: Any, manifest: SpecialistManifest, base: s
             "would not mean the same to it; compare with a base that shares the tokenizer"
         )
     other = load_model(other_base, hardware.dtype, hardware.device)
-    other.eval()
-    yield other
+    yield prepare_for_inference(other.eval())
 
 
 def _score(

@@ -32,7 +32,7 @@ from niche.data.template import PromptTemplate, TemplateEncoder, build_template
 from niche.errors import ModelError, NicheError
 from niche.eval.generation import AnswerTrie, answer_trie
 from niche.hardware import detect_hardware
-from niche.models import load_model, load_tokenizer
+from niche.models import load_model, load_tokenizer, prepare_for_inference
 from niche.serve import multilora
 from niche.serve.constraints import JsonGrammar, LabelConstraint, TokenConstraint
 from niche.specialist import MANIFEST_NAME, SpecialistManifest, read_manifest, resolve_specialist_base
@@ -355,15 +355,12 @@ class TorchEngine:
 
     def _prepare_for_inference(self, adapter: str) -> None:
         """Adapter weights in the base's dtype (PEFT keeps them in fp32, so every layer would cast its input
-        back and forth), and every weight flagged requires_grad: generation runs under no_grad, where the flag
-        costs nothing, but on CPU a bf16 linear layer over one token with a frozen weight takes a slow path that
-        copies the whole weight (measured 24x slower for the output projection)."""
+        back and forth), and every weight flagged requires_grad (`prepare_for_inference`: PEFT froze them)."""
         dtype = self.model.get_base_model().dtype
         for name, parameter in self.model.named_parameters():
             if f".{adapter}." in f"{name}." and parameter.dtype != dtype:
                 parameter.data = parameter.data.to(dtype)
-            if self.device == "cpu":
-                parameter.requires_grad_(True)
+        prepare_for_inference(self.model)
 
     def _retire(self, name: str) -> bool:
         """Take `name` out of service; its adapter is deleted once no running row decodes with it."""

@@ -7,6 +7,7 @@ resumable), then write adapter + niche.json atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -109,6 +110,21 @@ def encode_examples(
     return encoded, rejects
 
 
+def encode_replay(
+    config: NicheConfig, tokenizer: Any, template: Any, train_rows: int
+) -> tuple[list[EncodedExample], list[dict[str, Any]]]:
+    """General-domain rows mixed into training (replay against forgetting): a seeded sample of
+    `replay_fraction` x the training rows, rendered with the chat template but without the specialist's
+    system prompt, so they keep the model's general behaviour rather than teach the task's prompt to answer
+    everything."""
+    assert config.data.replay is not None
+    rows = load_examples(config.data.replay).examples
+    count = min(len(rows), round(train_rows * config.data.replay_fraction))
+    chosen = random.Random(config.training.seed).sample(rows, count)
+    encoder = TemplateEncoder(tokenizer, dataclasses.replace(template, system_prompt=None))
+    return encode_examples(encoder, chosen, config.training.max_seq_length)
+
+
 def lora_config(config: NicheConfig) -> Any:
     from peft import LoraConfig
 
@@ -183,6 +199,13 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
     train_encoded, rejects = encode_examples(encoder, data.train, config.training.max_seq_length)
     validation_encoded, validation_rejects = encode_examples(encoder, data.validation, config.training.max_seq_length)
     rejects += validation_rejects
+    replayed = 0
+    if config.data.replay is not None:
+        replay_encoded, replay_rejects = encode_replay(config, tokenizer, template, len(data.train))
+        train_encoded += replay_encoded
+        rejects += replay_rejects
+        replayed = len(replay_encoded)
+        data.fingerprints["replay"] = _fingerprint(config.data.replay, replayed)
     if not train_encoded or not validation_encoded:
         raise DataError(
             config.data.train, f"every row is longer than training.max_seq_length={config.training.max_seq_length}"
@@ -210,7 +233,15 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
         "tokens_per_s": trainer.state.num_input_tokens_seen / runtime if runtime else 0.0,
         "train_examples": len(train_encoded),
         "validation_examples": len(validation_encoded),
+        "replay_examples": replayed,
     }
+    probe = next((callback for callback in trainer.callback_handler.callbacks if hasattr(callback, "stopped_at")), None)
+    if probe is not None:
+        metrics |= {
+            "forgetting_probe_base_accuracy": probe.baseline,
+            "forgetting_probe": probe.history,
+            "forgetting_probe_stopped_at": probe.stopped_at,
+        }
     manifest = build_manifest(config, base, hardware, model, encoder, data, metrics, len(rejects))
     if trainer.is_world_process_zero():
         write_specialist(config.specialist_dir, model, tokenizer, base, manifest, rejects, trainer.state.log_history)
@@ -257,6 +288,18 @@ def build_trainer(
     trainer.remove_callback(PrinterCallback)
     if show_progress:
         trainer.add_callback(RichProgressCallback())
+    settings = config.training
+    if settings.forgetting_probe_every:
+        from niche.train.forgetting import ForgettingProbeCallback, everyday_accuracy
+
+        trainer.add_callback(
+            ForgettingProbeCallback(
+                everyday_accuracy(tokenizer, settings.forgetting_probe_questions),
+                settings.forgetting_probe_every,
+                settings.forgetting_threshold,
+                settings.forgetting_action,
+            )
+        )
     return trainer
 
 

@@ -1,0 +1,267 @@
+"""`niche ladder`: the decision ladder on one held-out set, with numbers.
+
+Rungs, cheapest to build first: the stock base model, the base with retrieval (RAG), the fine-tuned
+specialist, and the specialist with retrieval. Each is scored with the specialist's stored prompt on the same
+test rows (label tasks decode within the label set, for every rung alike), timed for throughput (batched) and
+latency (one request at a time), and costed per million tokens and per thousand requests from the measured
+throughput and a configured hardware price. The recommendation is the cheapest rung that reaches the target
+on the headline metric. Forgetting probes (general-text perplexity, everyday multiple-choice accuracy)
+compare the base with the specialist. Everything lands in ladder.json, ladder.md and a self-contained
+ladder.html with plots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from niche.config import NicheConfig
+from niche.data.examples import Example
+from niche.data.template import TemplateEncoder
+from niche.errors import ConfigError
+from niche.eval.evaluate import load_test_examples, references_of
+from niche.eval.generation import generate_answers
+from niche.eval.metrics import HEADLINE_METRIC, SCORERS
+from niche.hardware import detect_hardware
+from niche.io import atomic_directory, write_json_atomic, write_text_atomic
+from niche.probes import everyday_questions, probe, read_general_text, read_questions, relative_change
+from niche.specialist import MANIFEST_NAME, load_specialist
+
+RUNGS = (("base", False, False), ("base+rag", False, True), ("specialist", True, False), ("specialist+rag", True, True))
+
+
+@dataclass
+class Rung:
+    name: str
+    metrics: dict[str, Any]
+    headline: float
+    examples_per_s: float
+    tokens_per_s: float
+    prompt_tokens_per_request: float
+    latency_p50_ms: float
+    latency_p95_ms: float
+    cost_per_million_tokens: float
+    cost_per_thousand_requests: float
+    predictions: list[str] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class LadderReport:
+    specialist: str
+    test_rows: int
+    task_kind: str
+    headline_metric: str
+    target: float
+    price_per_hour: float
+    rungs: list[Rung]
+    recommendation: str
+    reason: str
+    retrieval: dict[str, Any] = field(default_factory=dict)
+    forgetting: dict[str, Any] = field(default_factory=dict)
+    training_log: list[dict[str, Any]] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    references: list[str] = field(default_factory=list, repr=False)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        payload = dataclasses.asdict(self)
+        payload.pop("references")
+        for rung in payload["rungs"]:
+            rung.pop("predictions")
+        return payload
+
+
+def _index_for(config: NicheConfig, show_progress: bool) -> Any | None:
+    from niche.rag import RagIndex
+
+    directory = config.rag.index or config.output_dir / f"{config.name}-index"
+    if (directory / "index.sqlite").is_file():
+        return RagIndex.open(directory)
+    if not config.rag.documents:
+        return None
+    if show_progress:
+        print(f"building the retrieval index {directory} from {len(config.rag.documents)} document path(s)")
+    return RagIndex.build(config.rag.documents, directory, chunk_size=config.rag.chunk_size, overlap=config.rag.overlap)
+
+
+def _relevant_sources(test_path: Path, field_name: str) -> list[str]:
+    rows = [json.loads(line) for line in test_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    missing = [number for number, row in enumerate(rows, start=1) if field_name not in row]
+    if missing:
+        raise ConfigError(f"{test_path}:{missing[0]}: rag.relevant_field {field_name!r} missing from the test row")
+    return [str(row[field_name]) for row in rows]
+
+
+def _cost(price_per_hour: float, per_second: float) -> float:
+    return price_per_hour / 3600 / per_second if per_second else float("inf")
+
+
+def _score_rung(
+    name: str,
+    model: Any,
+    encoder: TemplateEncoder,
+    examples: list[Example],
+    references: list[str],
+    manifest: Any,
+    options: dict[str, Any],
+    settings: Any,
+) -> Rung:
+    started = time.perf_counter()
+    predictions = generate_answers(model, encoder, examples, **options)
+    seconds = time.perf_counter() - started
+    metrics = SCORERS[manifest.task.kind](predictions, references, manifest.task.labels)
+    prompt_tokens = sum(len(encoder.prompt_ids(example)) for example in examples)
+    completion_tokens = sum(len(encoder.tokenizer(prediction)["input_ids"]) + 1 for prediction in predictions)
+    latencies = []
+    for example in examples[: settings.latency_requests]:
+        single = time.perf_counter()
+        generate_answers(model, encoder, [example], **(options | {"batch_size": 1}))
+        latencies.append((time.perf_counter() - single) * 1000)
+    latencies.sort()
+    tokens_per_s = (prompt_tokens + completion_tokens) / seconds
+    return Rung(
+        name=name,
+        metrics=metrics,
+        headline=float(metrics[HEADLINE_METRIC[manifest.task.kind]]),
+        examples_per_s=len(examples) / seconds,
+        tokens_per_s=tokens_per_s,
+        prompt_tokens_per_request=prompt_tokens / len(examples),
+        latency_p50_ms=statistics.median(latencies),
+        latency_p95_ms=latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
+        cost_per_million_tokens=_cost(settings.price_per_hour, tokens_per_s) * 1e6,
+        cost_per_thousand_requests=_cost(settings.price_per_hour, len(examples) / seconds) * 1000,
+        predictions=predictions,
+    )
+
+
+def recommend(rungs: list[Rung], target: float) -> tuple[str, str]:
+    """The cheapest rung (per request) reaching the target; otherwise the best-scoring one, saying so."""
+    meeting = [rung for rung in rungs if rung.headline >= target]
+    if meeting:
+        choice = min(meeting, key=lambda rung: rung.cost_per_thousand_requests)
+        return choice.name, (
+            f"{choice.name} reaches the target {target:g} ({choice.headline:.3f}) at the lowest cost per request "
+            f"among the {len(meeting)} rung(s) that do"
+        )
+    best = max(rungs, key=lambda rung: rung.headline)
+    return best.name, f"no rung reaches the target {target:g}; {best.name} scores highest ({best.headline:.3f})"
+
+
+def run_ladder(config: NicheConfig, *, show_progress: bool = True) -> LadderReport:
+    from niche.rag import context_of, retrieval_metrics
+    from niche.train import train
+
+    if config.data.test is None:
+        raise ConfigError("ladder: data.test must name the held-out set every rung is scored on")
+    if not (config.specialist_dir / MANIFEST_NAME).is_file():
+        if show_progress:
+            print(f"no specialist at {config.specialist_dir}: training it first")
+        train(config, show_progress=show_progress)
+    hardware = detect_hardware()
+    model, tokenizer, manifest = load_specialist(config.specialist_dir, hardware.device, hardware.dtype)
+    examples = load_test_examples(config.data.test, manifest)
+    references = references_of(examples, manifest.task.kind)
+    encoder = TemplateEncoder(tokenizer, manifest.template.to_template())
+    constrained = bool(config.eval.constrain_to_labels and manifest.task.kind == "label" and manifest.task.labels)
+    options = {
+        "batch_size": config.eval.batch_size,
+        "max_new_tokens": config.eval.max_new_tokens,
+        "allowed_answers": manifest.task.labels if constrained else None,
+    }
+    notes: list[str] = []
+    index = _index_for(config, show_progress)
+    retrieval: dict[str, Any] = {}
+    rag_examples: list[Example] | None = None
+    if index is None:
+        notes.append("no rag.documents and no index: the retrieval rungs were skipped")
+    else:
+        hits = index.search_many([example.input_text for example in examples], config.rag.top_k, config.rag.mode)
+        rag_examples = [
+            dataclasses.replace(example, context=context_of(found)) for example, found in zip(examples, hits)
+        ]
+        retrieval = {"chunks": index.meta.get("chunks"), "top_k": config.rag.top_k, "mode": config.rag.mode}
+        if config.rag.relevant_field:
+            relevant = _relevant_sources(config.data.test, config.rag.relevant_field)
+            retrieval |= retrieval_metrics(hits, relevant, config.rag.top_k)
+    rungs = []
+    for name, with_adapter, with_rag in RUNGS:
+        if with_rag and rag_examples is None:
+            continue
+        if show_progress:
+            print(f"ladder: scoring {name} on {len(examples)} rows")
+        context = contextlib.nullcontext() if with_adapter else model.disable_adapter()
+        with context:
+            rungs.append(
+                _score_rung(
+                    name,
+                    model,
+                    encoder,
+                    rag_examples if with_rag else examples,
+                    references,
+                    manifest,
+                    options,
+                    config.ladder,
+                )
+            )
+    recommendation, reason = recommend(rungs, config.ladder.target)
+    forgetting = _forgetting(model, tokenizer, config, show_progress)
+    log_path = config.specialist_dir / "training_log.json"
+    return LadderReport(
+        specialist=str(config.specialist_dir),
+        test_rows=len(examples),
+        task_kind=manifest.task.kind,
+        headline_metric=HEADLINE_METRIC[manifest.task.kind],
+        target=config.ladder.target,
+        price_per_hour=config.ladder.price_per_hour,
+        rungs=rungs,
+        recommendation=recommendation,
+        reason=reason,
+        retrieval=retrieval,
+        forgetting=forgetting,
+        training_log=json.loads(log_path.read_text()) if log_path.is_file() else [],
+        labels=list(manifest.task.labels or []),
+        references=references,
+        notes=notes,
+    )
+
+
+def _forgetting(model: Any, tokenizer: Any, config: NicheConfig, show_progress: bool) -> dict[str, Any]:
+    settings = config.ladder
+    questions = read_questions(settings.general_questions) if settings.general_questions else everyday_questions()
+    texts = read_general_text(settings.general_text, settings.general_lines) if settings.general_text else None
+    if show_progress:
+        print(f"ladder: forgetting probes ({len(questions)} questions, {len(texts or [])} general-text lines)")
+    with model.disable_adapter():
+        before = probe(model, tokenizer, texts, questions)
+    after = probe(model, tokenizer, texts, questions)
+    accuracy_change = relative_change(before.accuracy, after.accuracy)
+    perplexity_change = relative_change(before.perplexity, after.perplexity)
+    forgot = (accuracy_change is not None and accuracy_change < -settings.forgetting_threshold) or (
+        perplexity_change is not None and perplexity_change > settings.forgetting_threshold
+    )
+    return {
+        "questions": len(questions),
+        "general_text_lines": len(texts or []),
+        "base": dataclasses.asdict(before),
+        "specialist": dataclasses.asdict(after),
+        "accuracy_relative_change": accuracy_change,
+        "perplexity_relative_change": perplexity_change,
+        "threshold": settings.forgetting_threshold,
+        "forgetting": forgot,
+    }
+
+
+def write_ladder_report(report: LadderReport, out_dir: Path) -> Path:
+    from niche.report import ladder_html, ladder_markdown
+
+    with atomic_directory(out_dir) as staging:
+        write_json_atomic(staging / "ladder.json", report.to_json())
+        write_text_atomic(staging / "ladder.md", ladder_markdown(report))
+        write_text_atomic(staging / "ladder.html", ladder_html(report))
+    return out_dir
