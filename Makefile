@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench lint clean browser
 
 install: $(STAMP)
 
@@ -21,8 +21,15 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(BIN)/niche demo
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q -ra --durations=15
+
+# The HTML report is tested in headless Chromium: Debian's package, installed once if missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the HTML report test"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
 # Speed against the competitors, on this machine; results in bench/results/.
 bench: install

@@ -127,7 +127,7 @@ def _plots(report: LadderReport) -> list[tuple[str, str]]:
     axis.set_title("Quality per rung")
     plots.append(("Quality per rung", _png(figure)))
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3), layout="constrained")
     left.bar(names, [rung.latency_p50_ms for rung in report.rungs], color=colours)
     left.set_ylabel("latency p50 (ms)")
     left.set_title("Latency, one request at a time")
