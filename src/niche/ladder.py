@@ -25,7 +25,7 @@ from niche.config import NicheConfig
 from niche.data.examples import Example
 from niche.data.template import TemplateEncoder
 from niche.errors import ConfigError
-from niche.eval.evaluate import load_test_examples, references_of
+from niche.eval.evaluate import load_test_examples, progress_bar, references_of
 from niche.eval.generation import generate_answers
 from niche.eval.metrics import HEADLINE_METRIC, SCORERS
 from niche.hardware import detect_hardware
@@ -111,9 +111,11 @@ def _score_rung(
     manifest: Any,
     options: dict[str, Any],
     settings: Any,
+    show_progress: bool,
 ) -> Rung:
     started = time.perf_counter()
-    predictions = generate_answers(model, encoder, examples, **options)
+    with progress_bar(name, len(examples), show_progress) as advance:
+        predictions = generate_answers(model, encoder, examples, on_batch=advance, **options)
     seconds = time.perf_counter() - started
     metrics = SCORERS[manifest.task.kind](predictions, references, manifest.task.labels)
     prompt_tokens = sum(len(encoder.prompt_ids(example)) for example in examples)
@@ -193,8 +195,6 @@ def run_ladder(config: NicheConfig, *, show_progress: bool = True) -> LadderRepo
     for name, with_adapter, with_rag in RUNGS:
         if with_rag and rag_examples is None:
             continue
-        if show_progress:
-            print(f"ladder: scoring {name} on {len(examples)} rows")
         context = contextlib.nullcontext() if with_adapter else model.disable_adapter()
         with context:
             rungs.append(
@@ -207,6 +207,7 @@ def run_ladder(config: NicheConfig, *, show_progress: bool = True) -> LadderRepo
                     manifest,
                     options,
                     config.ladder,
+                    show_progress,
                 )
             )
     recommendation, reason = recommend(rungs, config.ladder.target)

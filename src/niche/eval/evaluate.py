@@ -141,7 +141,7 @@ def _score(
     show_progress: bool,
 ) -> ModelScore:
     started = time.perf_counter()
-    with _progress(name, len(examples), show_progress) as advance:
+    with progress_bar(name, len(examples), show_progress) as advance:
         predictions = generate_answers(model, encoder, examples, on_batch=advance, **options)
     seconds = time.perf_counter() - started
     metrics = SCORERS[manifest.task.kind](predictions, references, manifest.task.labels)
@@ -149,7 +149,7 @@ def _score(
 
 
 @contextlib.contextmanager
-def _progress(name: str, total: int, enabled: bool) -> Iterator[Any]:
+def progress_bar(name: str, total: int, enabled: bool) -> Iterator[Any]:
     if not enabled:
         yield None
         return
