@@ -275,6 +275,10 @@ def test_output_schema_and_malformed_seed_rows(tmp_path) -> None:
     rejects = read_jsonl(out.with_name("pairs-out.rejects.jsonl"))
     assert report.seed_problems == 1 and rejects[0]["source"] == f"{seeds}:7" and rejects[0]["kind"] == "bad_seed"
     assert [reject["kind"] for reject in rejects[1:]] == ["schema"]
+    with running(app) as url:  # a rerun reports the bad seed row again, once
+        synthesize(seeds, teacher_at(url), out, SynthSettings(n=3, per_request=4, output_schema=schema, max_rounds=1))
+    kinds = [reject["kind"] for reject in read_jsonl(out.with_name("pairs-out.rejects.jsonl"))]
+    assert sorted(kinds) == ["bad_seed", "schema"]
     assert report.accepted == 3 and all(
         json.loads(row["completion"])["severity"] in {"low", "high"} for row in read_jsonl(out)
     )

@@ -39,9 +39,9 @@ import numpy as np
 from niche.data.examples import Example
 from niche.data.formats import load_examples, read_examples
 from niche.data.minhash import NearDuplicateIndex
-from niche.errors import ConfigError, DataError, NicheError
+from niche.errors import ConfigError, NicheError
 from niche.io import write_json_atomic, write_text_atomic
-from niche.rag import chunk_text
+from niche.rag import chunk_text, document_paths, read_document
 
 Strategy = Literal["variations", "documents"]
 SEED_REJECTS = "seeds"  # request id under which malformed seed rows are kept in the rejects file
@@ -501,10 +501,10 @@ class SynthOutput:
         """(finished requests, their accepted rows, their rejected rows); rows of unfinished requests and a
         torn last line are dropped so the rerun writes them once."""
         finished = {row["request_id"]: row for row in _read_jsonl(self.progress)}
-        finished_or_seeds = {*finished, SEED_REJECTS}
         kept: list[list[dict[str, Any]]] = []
         for path in (self.out, self.rejects):
-            rows = [row for row in _read_jsonl(path) if row.get("request_id") in finished_or_seeds]
+            # Malformed seed rows are not kept: every run reports them afresh.
+            rows = [row for row in _read_jsonl(path) if row.get("request_id") in finished]
             write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
             kept.append(rows)
         write_text_atomic(self.progress, "".join(json.dumps(row) + "\n" for row in finished.values()))
@@ -562,16 +562,11 @@ def synthesize(
         for problem in (seed_result.problems if seed_result else [])
     ]
     tests = load_examples(test_path).examples if test_path else []
-    texts = []
-    for path in documents or []:
-        if not Path(path).is_file():
-            raise DataError(Path(path), "document not found")
-        texts.append(Path(path).read_text(encoding="utf-8", errors="replace"))
+    texts = [read_document(path) for path in document_paths(documents)] if documents else []
     requests, schema, labels = plan_requests(seeds, texts, settings)
     output = SynthOutput(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     finished, accepted_before, rejected_before = output.resume()
-    rejected_before = [row for row in rejected_before if row.get("request_id") != SEED_REJECTS]
     output.write([], seed_problems, None)
     report = SynthReport(teacher.name, settings.strategy, resumed_requests=len(finished))
     for progress in finished.values():
