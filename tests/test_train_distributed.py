@@ -1,6 +1,7 @@
 """`niche train` under torchrun: 2 CPU processes (gloo) reach the adapter a single process reaches."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,10 @@ def test_two_process_training_matches_one_process(tmp_path: Path, tiny_base: Pat
         [sys.executable, "-m", "niche.cli", "train", str(single)], capture_output=True, text=True, env=env
     )
     assert run.returncode == 0, run.stderr
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    with socket.socket() as probe:  # a free port: a fixed one collides with any other run on the machine
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
     run = subprocess.run([*torchrun, "-m", "niche.cli", "train", str(double)], capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("specialist written to") == 1, "only the main process writes and reports"
