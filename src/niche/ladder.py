@@ -25,9 +25,9 @@ from niche.config import NicheConfig
 from niche.data.examples import Example
 from niche.data.template import TemplateEncoder
 from niche.errors import ConfigError
-from niche.eval.evaluate import load_test_examples, progress_bar, references_of
+from niche.eval.evaluate import load_test_examples, references_of, score_model
 from niche.eval.generation import generate_answers
-from niche.eval.metrics import HEADLINE_METRIC, SCORERS
+from niche.eval.metrics import HEADLINE_METRIC
 from niche.hardware import detect_hardware
 from niche.io import atomic_directory, write_json_atomic, write_text_atomic
 from niche.probes import everyday_questions, probe, read_general_text, read_questions, relative_change
@@ -113,11 +113,8 @@ def _score_rung(
     settings: Any,
     show_progress: bool,
 ) -> Rung:
-    started = time.perf_counter()
-    with progress_bar(name, len(examples), show_progress) as advance:
-        predictions = generate_answers(model, encoder, examples, on_batch=advance, **options)
-    seconds = time.perf_counter() - started
-    metrics = SCORERS[manifest.task.kind](predictions, references, manifest.task.labels)
+    scored = score_model(name, model, encoder, examples, references, manifest, options, show_progress)
+    predictions, metrics, seconds = scored.predictions, scored.metrics, scored.seconds
     prompt_tokens = sum(len(encoder.prompt_ids(example)) for example in examples)
     completion_tokens = sum(len(encoder.tokenizer(prediction)["input_ids"]) + 1 for prediction in predictions)
     latencies = []

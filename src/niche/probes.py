@@ -124,29 +124,18 @@ def _with_distractors(rng: random.Random, question: str, answer: str, pool: list
 def everyday_questions(seed: int = 0) -> list[Question]:
     """niche's general-knowledge multiple-choice set (205 questions), stable for a given seed."""
     rng = random.Random(seed)
+    tables = (
+        ("What is the capital of {}?", CAPITALS),
+        ("What is the opposite of {}?", OPPOSITES),
+        ("What is a baby {} called?", ANIMAL_YOUNG),
+        ("What sound does a {} make?", ANIMAL_SOUNDS),
+        ("What do you use to {}?", TOOLS),
+        ("What colour is {}?", COLOURS),
+    )
     questions = [
-        _with_distractors(rng, f"What is the capital of {country}?", city, list(CAPITALS.values()))
-        for country, city in CAPITALS.items()
-    ]
-    questions += [
-        _with_distractors(rng, f"What is the opposite of {word}?", opposite, list(OPPOSITES.values()))
-        for word, opposite in OPPOSITES.items()
-    ]
-    questions += [
-        _with_distractors(rng, f"What is a baby {animal} called?", young, list(ANIMAL_YOUNG.values()))
-        for animal, young in ANIMAL_YOUNG.items()
-    ]
-    questions += [
-        _with_distractors(rng, f"What sound does a {animal} make?", sound, list(ANIMAL_SOUNDS.values()))
-        for animal, sound in ANIMAL_SOUNDS.items()
-    ]
-    questions += [
-        _with_distractors(rng, f"What do you use to {task}?", tool, list(TOOLS.values()))
-        for task, tool in TOOLS.items()
-    ]
-    questions += [
-        _with_distractors(rng, f"What colour is {thing}?", colour, list(COLOURS.values()))
-        for thing, colour in COLOURS.items()
+        _with_distractors(rng, template.format(subject), answer, list(table.values()))
+        for template, table in tables
+        for subject, answer in table.items()
     ]
     number_pool = sorted({answer for _, answer in COUNTS} | {"5", "10", "20", "30", "52"})
     questions += [_with_distractors(rng, question, answer, number_pool) for question, answer in COUNTS]

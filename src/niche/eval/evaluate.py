@@ -93,10 +93,14 @@ def evaluate(
     if base is not None:
         with _bare_base(model, tokenizer, manifest, base, hardware) as base_model:
             results.append(
-                _score(f"base ({base})", base_model, encoder, examples, references, manifest, options, show_progress)
+                score_model(
+                    f"base ({base})", base_model, encoder, examples, references, manifest, options, show_progress
+                )
             )
     results.append(
-        _score(f"specialist ({manifest.name})", model, encoder, examples, references, manifest, options, show_progress)
+        score_model(
+            f"specialist ({manifest.name})", model, encoder, examples, references, manifest, options, show_progress
+        )
     )
     return EvalReport(
         specialist=str(specialist_dir),
@@ -130,7 +134,7 @@ def _bare_base(model: Any, tokenizer: Any, manifest: SpecialistManifest, base: s
     yield prepare_for_inference(other.eval())
 
 
-def _score(
+def score_model(
     name: str,
     model: Any,
     encoder: TemplateEncoder,

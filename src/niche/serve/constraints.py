@@ -6,7 +6,6 @@ llguidance (the grammar engine vLLM and SGLang use; a small Rust wheel, no GPU t
 
 from __future__ import annotations
 
-import json
 from typing import Any, Protocol
 
 import torch
@@ -103,18 +102,3 @@ class JsonConstraint:
 
     def complete(self) -> bool:
         return self.matcher.is_stopped()
-
-
-def schema_of(response_format: dict[str, Any]) -> dict[str, Any] | None:
-    """The schema inside an OpenAI `json_schema` response_format (None for `json_object`)."""
-    if response_format.get("type") == "json_object":
-        return None
-    schema = (response_format.get("json_schema") or {}).get("schema")
-    if isinstance(schema, str):
-        try:
-            schema = json.loads(schema)
-        except json.JSONDecodeError as error:
-            raise SchemaError(f"response_format.json_schema.schema: invalid JSON: {error}") from error
-    if not isinstance(schema, dict):
-        raise SchemaError("response_format.json_schema.schema: expected a JSON schema object")
-    return schema
