@@ -186,7 +186,8 @@ def test_documents_strategy_writes_questions_with_their_passage(tmp_path) -> Non
     rows = read_jsonl(out)
     assert report.accepted == 6 and all(row["context"] in document.read_text() for row in rows)
     examples = load_examples(out).examples
-    assert examples[0].context and examples[0].response.startswith("Paragraph")
+    # requests run concurrently, so rows arrive in any order: each answer must come from its own passage
+    assert all(example.context.split()[:4] == example.response.split() for example in examples)
     passages = chunk_text(document.read_text(), 400)
     assert all(len(passage) <= 400 for passage in passages) and len(passages) > 3
 
