@@ -19,6 +19,9 @@ LABELS = ["billing", "outage", "security"]
 def isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Never touch the user's cache, never reach a model hub."""
     os.environ["NICHE_CACHE_DIR"] = str(tmp_path_factory.mktemp("niche-cache"))
+    # Every train, eval and ladder run is tracked, as for users, into a store of the test session's own.
+    tracking_dir = tmp_path_factory.mktemp("mlflow")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tracking_dir / 'mlflow.db'}"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     torch.manual_seed(0)
 

@@ -425,3 +425,33 @@ def test_a_cached_prompt_prefix_gives_the_same_answer(engine) -> None:
     hits = engine.prefix_hits
     engine.complete("router", [{"role": "user", "content": "ticket 34: phishing email received"}], params)
     assert engine.prefix_hits == hits + 1
+
+
+def test_newcomers_on_cached_prefixes_of_different_lengths_prefill_together_and_answer_as_alone(engine) -> None:
+    questions = [
+        ("router", "ticket 41: invoice charged twice"),
+        ("chef", "which dressing goes with a green salad and goat cheese, and how much of it per plate"),
+        ("shouter", "ticket 42: phishing email received"),
+        ("router", "ticket 43, reported by the night shift after the second failed deploy: site is down again"),
+    ]
+    params = SamplingParams(max_tokens=6, temperature=0)
+    engine.max_loaded = 3
+    try:
+        alone = []
+        for model, text in questions:  # no cached prefix: every prompt runs whole
+            engine.prefixes.clear()
+            engine.last_prompts.clear()
+            alone.append(engine.complete(model, [{"role": "user", "content": text}], params).text)
+        for model in ("router", "chef", "shouter"):  # two prompts each leave the system prompt cached
+            for text in ("alpha: warm up", "bravo: warm up again"):
+                engine.complete(model, [{"role": "user", "content": text}], params)
+        prefix_lengths = {len(engine.prefixes[engine.loaded[model]].tokens) for model in ("router", "chef", "shouter")}
+        assert len(prefix_lengths) > 1, "the specialists' cached prefixes should differ in length"
+        hits, prefills = engine.prefix_hits, engine.forward_calls["prefill"]
+        pending = [engine.submit(model, [{"role": "user", "content": text}], params) for model, text in questions]
+        together = [generation.result().text for generation in pending]
+    finally:
+        engine.max_loaded = 1
+    assert together == alone
+    assert engine.prefix_hits - hits == len(questions)
+    assert engine.forward_calls["prefill"] - prefills < len(questions), "newcomers should share prefill passes"

@@ -27,6 +27,14 @@ data_app = typer.Typer(help="Inspect training data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 rag_app = typer.Typer(help="Retrieval: index domain documents and search them.", no_args_is_help=True)
 app.add_typer(rag_app, name="rag")
+pipeline_app = typer.Typer(
+    help="Curate, train, evaluate, gate and register in one resumable run.", no_args_is_help=True
+)
+app.add_typer(pipeline_app, name="pipeline")
+registry_app = typer.Typer(
+    help="The MLflow registry of specialists: versions, champion, rollback.", no_args_is_help=True
+)
+app.add_typer(registry_app, name="registry")
 console = Console(soft_wrap=True)
 state = {"debug": False}
 
@@ -404,6 +412,10 @@ def serve(
     route_threshold: Annotated[
         float, typer.Option(help="Below this similarity 'auto' answers with the base model.")
     ] = 0.4,
+    registry_poll: Annotated[
+        float,
+        typer.Option(help="Every N seconds, switch each specialist to its MLflow registry champion (0: off)."),
+    ] = 0.0,
 ) -> None:
     """Serve the specialists (and their bare base as model 'base') behind an OpenAI-compatible API."""
     import shlex
@@ -435,6 +447,12 @@ def serve(
     torch_engine = TorchEngine(
         specialists, max_loaded=max_loaded, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, timeout_s=timeout
     )
+    if registry_poll > 0:
+        from niche.serve.registry import ChampionPoller
+
+        poller = ChampionPoller(torch_engine, registry_poll)
+        poller.check_once()
+        poller.start()
     router = torch_engine.router(route_threshold) if routing else None
     app = create_app(torch_engine, ServeSettings(frozenset(keys), max_body_bytes), router)
     console.print(f"serving {', '.join(torch_engine.model_names())} on http://{host}:{port}/v1")
@@ -485,6 +503,101 @@ def ladder(
     directory = write_ladder_report(report, out or config.specialist_dir / "ladder")
     console.print(ladder_markdown(report))
     console.print(f"report: {directory / 'ladder.html'}")
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    config_path: Annotated[
+        Path, typer.Argument(help="niche.yaml (pipeline.inputs: the raw example files or directories).")
+    ],
+    overrides: Overrides = None,
+    stage: Annotated[
+        str | None, typer.Option(help="Re-run this stage alone from the stored outputs before it.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Re-run every stage even when its inputs did not change.")] = False,
+) -> None:
+    """curate → (synth) → train → eval → gate → register; unchanged stages are skipped."""
+    from niche.config import load_config
+    from niche.pipeline import run_pipeline
+
+    result = run_pipeline(load_config(config_path, overrides), only=stage, force=force)
+    _print_pipeline(result)
+
+
+def _print_pipeline(result: Any) -> None:
+    table = Table(title="niche pipeline")
+    for column in ("stage", "status", "seconds"):
+        table.add_column(column)
+    for outcome in result.stages:
+        table.add_row(outcome.name, outcome.status, f"{outcome.seconds:.1f}")
+    console.print(table)
+    decision = result.decision
+    if decision:
+        verdict = "[green]promoted to champion[/]" if decision.get("promoted") else "[yellow]kept as challenger[/]"
+        version = f" (version {decision['version']})" if decision.get("version") else ""
+        console.print(f"{verdict}{version}: {decision.get('reason', '')}")
+    console.print(f"report: {result.work_dir / 'report' / 'pipeline.md'}")
+
+
+@app.command()
+def watch(
+    data_dir: Annotated[Path, typer.Argument(help="Directory of example files (JSONL/CSV) that new data lands in.")],
+    config_path: Annotated[Path, typer.Option("--config", help="niche.yaml of the specialist to keep up to date.")],
+    overrides: Overrides = None,
+    once: Annotated[bool, typer.Option(help="Check one time and exit (for cron).")] = False,
+) -> None:
+    """Start a pipeline run when new data calls for one: new rows, new labels, label shift, falling quality."""
+    from niche.config import load_config
+    from niche.watch import watch as watch_loop
+    from niche.watch import watch_once
+
+    config = load_config(config_path, overrides)
+
+    def show(outcome: Any) -> None:
+        check = outcome.check
+        console.print(
+            f"{check.rows} rows, {check.new_rows} new: "
+            + ("; ".join(check.reasons) if check.fire else "no trigger, nothing to do")
+        )
+        if outcome.pipeline is not None:
+            _print_pipeline(outcome.pipeline)
+
+    if once:
+        show(watch_once(config, data_dir))
+        return
+    console.print(f"watching {data_dir} (Ctrl-C to stop)")
+    try:
+        watch_loop(config, data_dir, on_outcome=show)
+    except KeyboardInterrupt:
+        console.print("stopped")
+
+
+@registry_app.command("show")
+def registry_show(name: Annotated[str, typer.Argument(help="Specialist (registered model) name.")]) -> None:
+    """Versions of a specialist with their aliases and gate results."""
+    from niche.tracking import registry_versions
+
+    table = Table(title=f"registry: {name}")
+    for column in ("version", "aliases", "gate", "reason", "run"):
+        table.add_column(column)
+    for version, aliases in registry_versions(name):
+        tags = version.tags
+        table.add_row(
+            version.version, ", ".join(aliases), tags.get("gate", ""), tags.get("reason", ""), version.run_id or ""
+        )
+    console.print(table)
+
+
+@registry_app.command("promote")
+def registry_promote(
+    name: Annotated[str, typer.Argument(help="Specialist (registered model) name.")],
+    version: Annotated[str, typer.Argument(help="Version that becomes the champion (e.g. to roll back).")],
+) -> None:
+    """Make a version the champion; servers polling the registry switch to it."""
+    from niche.tracking import promote
+
+    promote(name, version)
+    console.print(f"{name} version {version} is the champion")
 
 
 @app.command()

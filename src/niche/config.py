@@ -23,7 +23,9 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    train: Path = Field(description="Training examples (JSONL or CSV).")
+    train: Path | None = Field(
+        None, description="Training examples (JSONL or CSV); `niche pipeline` fills it from curated pipeline.inputs."
+    )
     validation: Path | None = Field(None, description="Validation examples; split from train when absent.")
     test: Path | None = Field(None, description="Held-out examples used by `niche eval` and `niche demo`.")
     format: DataFormat = Field("auto", description="Row shape; detected from the field names when 'auto'.")
@@ -113,6 +115,62 @@ class LadderSettings(_Strict):
     forgetting_threshold: float = Field(0.05, ge=0, description="Relative drop that counts as forgetting.")
 
 
+class TrackingSettings(_Strict):
+    enabled: bool = Field(True, description="Log runs to MLflow (MLFLOW_TRACKING_URI, else ./mlflow.db).")
+    experiment: str | None = Field(None, description="MLflow experiment; the specialist name when absent.")
+
+
+class CurateOptions(_Strict):
+    near_duplicate_threshold: float = Field(0.8, gt=0, le=1)
+    conflicts: Literal["majority", "drop", "keep"] = "majority"
+    redact_pii: bool = False
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    seed: int = 0
+    decontaminate: list[Path] = Field(default_factory=list, description="Benchmarks whose n-grams leave training.")
+
+
+class SynthOptions(_Strict):
+    teacher: str = Field(description="OpenAI-compatible base URL, or local:NAME for an in-process model.")
+    model: str | None = Field(None, description="Model name at the teacher's endpoint.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the teacher's key.")
+    n: int = Field(100, ge=1, description="Synthetic rows added to the curated training split.")
+    per_request: int = Field(5, ge=1)
+    judge: bool = False
+
+
+class GateSettings(_Strict):
+    metric: str | None = Field(None, description="Metric compared with the champion; the task's headline when absent.")
+    min_improvement: float = Field(0.0, ge=0, description="How much the candidate must beat the champion by.")
+    forgetting_threshold: float = Field(
+        0.05, ge=0, description="Largest relative drop in everyday-question accuracy against the champion."
+    )
+    forgetting_questions: int = Field(60, ge=4, description="Everyday multiple-choice questions in the probe.")
+
+
+class PipelineSettings(_Strict):
+    inputs: list[Path] = Field(
+        default_factory=list, description="Raw example files or directories; curated into train/validation/test."
+    )
+    work_dir: Path | None = Field(None, description="Stage outputs and state; output_dir/.pipeline/NAME when absent.")
+    curate: CurateOptions = Field(default_factory=CurateOptions)
+    synth: SynthOptions | None = Field(None, description="Add teacher-generated rows to the training split.")
+    gate: GateSettings = Field(default_factory=GateSettings)
+
+
+class WatchSettings(_Strict):
+    min_new_examples: int = Field(50, ge=1, description="New rows since the last run that start a run.")
+    new_labels: bool = Field(True, description="A label never seen before starts a run.")
+    shift_test: Literal["psi", "chi2", "none"] = Field("psi", description="Label-distribution shift test.")
+    psi_threshold: float = Field(0.2, gt=0, description="PSI at or above this is a shift (0.2: a significant one).")
+    chi2_alpha: float = Field(0.01, gt=0, lt=1, description="Chi-square p-value below this is a shift.")
+    shift_min_rows: int = Field(20, ge=1, description="New rows needed before the shift test speaks.")
+    min_quality: float | None = Field(
+        None, description="Start a run when the champion's headline metric on the new rows falls below this."
+    )
+    poll_seconds: float = Field(30.0, gt=0, description="Without file events, check this often.")
+    settle_seconds: float = Field(2.0, ge=0, description="Wait for writes to stop this long before checking.")
+
+
 class NicheConfig(_Strict):
     """Everything needed to build one specialist."""
 
@@ -122,13 +180,16 @@ class NicheConfig(_Strict):
     quantization: Literal["none", "4bit"] = Field(
         "none", description="'4bit': QLoRA, the frozen base in 4-bit NF4 with double quantization (CUDA only)."
     )
-    data: DataConfig
+    data: DataConfig = Field(default_factory=DataConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     rag: RagSettings = Field(default_factory=RagSettings)
     ladder: LadderSettings = Field(default_factory=LadderSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    watch: WatchSettings = Field(default_factory=WatchSettings)
 
     @field_validator("name")
     @classmethod
@@ -142,6 +203,14 @@ class NicheConfig(_Strict):
         if self.training.max_steps == 0:
             raise ValueError("training.max_steps must be positive, or -1 to train for training.epochs")
         return self
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def pipeline_dir(self) -> Path:
+        return self.pipeline.work_dir or self.output_dir / ".pipeline" / self.name
 
     @property
     def specialist_dir(self) -> Path:
@@ -221,8 +290,24 @@ def resolve_paths(config: NicheConfig, base_dir: Path) -> NicheConfig:
             "general_questions": resolve(config.ladder.general_questions),
         }
     )
+    curate = config.pipeline.curate.model_copy(
+        update={"decontaminate": [resolve(path) for path in config.pipeline.curate.decontaminate]}
+    )
+    pipeline = config.pipeline.model_copy(
+        update={
+            "inputs": [resolve(path) for path in config.pipeline.inputs],
+            "work_dir": resolve(config.pipeline.work_dir),
+            "curate": curate,
+        }
+    )
     return config.model_copy(
-        update={"data": data, "output_dir": resolve(config.output_dir), "rag": rag, "ladder": ladder}
+        update={
+            "data": data,
+            "output_dir": resolve(config.output_dir),
+            "rag": rag,
+            "ladder": ladder,
+            "pipeline": pipeline,
+        }
     )
 
 

@@ -29,9 +29,10 @@ from niche.eval.evaluate import load_test_examples, references_of, score_model
 from niche.eval.generation import generate_answers
 from niche.eval.metrics import HEADLINE_METRIC
 from niche.hardware import detect_hardware
-from niche.io import atomic_directory, write_json_atomic, write_text_atomic
+from niche.io import atomic_directory, sha256_of_file, write_json_atomic, write_text_atomic
 from niche.probes import everyday_questions, probe, read_general_text, read_questions, relative_change
 from niche.specialist import MANIFEST_NAME, load_specialist
+from niche.tracking import log_to_run, tracked_run
 
 RUNGS = (("base", False, False), ("base+rag", False, True), ("specialist", True, False), ("specialist+rag", True, True))
 
@@ -68,10 +69,12 @@ class LadderReport:
     labels: list[str] = field(default_factory=list)
     references: list[str] = field(default_factory=list, repr=False)
     notes: list[str] = field(default_factory=list)
+    run_id: str | None = None  # the MLflow run; write_ladder_report attaches the report to it
 
     def to_json(self) -> dict[str, Any]:
         payload = dataclasses.asdict(self)
         payload.pop("references")
+        payload.pop("run_id")
         for rung in payload["rungs"]:
             rung.pop("predictions")
         return payload
@@ -210,7 +213,7 @@ def run_ladder(config: NicheConfig, *, show_progress: bool = True) -> LadderRepo
     recommendation, reason = recommend(rungs, config.ladder.target)
     forgetting = _forgetting(model, tokenizer, config, show_progress)
     log_path = config.specialist_dir / "training_log.json"
-    return LadderReport(
+    report = LadderReport(
         specialist=str(config.specialist_dir),
         test_rows=len(examples),
         task_kind=manifest.task.kind,
@@ -227,6 +230,30 @@ def run_ladder(config: NicheConfig, *, show_progress: bool = True) -> LadderRepo
         references=references,
         notes=notes,
     )
+    report.run_id = _track_ladder(config, report)
+    return report
+
+
+def _track_ladder(config: NicheConfig, report: LadderReport) -> str | None:
+    with tracked_run(
+        config.experiment, "ladder", enabled=config.tracking.enabled, run_name=f"ladder {config.name}"
+    ) as tracker:
+        tracker.params(json.loads(config.model_dump_json()))
+        if config.data.test is not None:
+            tracker.tags({"data.test.sha256": sha256_of_file(config.data.test)})
+        tracker.tags({"recommendation": report.recommendation})
+        for rung in report.rungs:
+            numbers = {key: value for key, value in dataclasses.asdict(rung).items() if key not in ("name", "metrics")}
+            tracker.metrics({f"{rung.name}.{key}": value for key, value in (rung.metrics | numbers).items()})
+        tracker.metrics({f"retrieval.{key}": value for key, value in report.retrieval.items()})
+        forgetting = report.forgetting
+        tracker.metrics(
+            {
+                "forgetting.accuracy_relative_change": forgetting.get("accuracy_relative_change"),
+                "forgetting.perplexity_relative_change": forgetting.get("perplexity_relative_change"),
+            }
+        )
+        return tracker.run_id
 
 
 def _forgetting(model: Any, tokenizer: Any, config: NicheConfig, show_progress: bool) -> dict[str, Any]:
@@ -262,4 +289,5 @@ def write_ladder_report(report: LadderReport, out_dir: Path) -> Path:
         write_json_atomic(staging / "ladder.json", report.to_json())
         write_text_atomic(staging / "ladder.md", ladder_markdown(report))
         write_text_atomic(staging / "ladder.html", ladder_html(report))
+    log_to_run(report.run_id, Path(out_dir), "ladder")
     return out_dir

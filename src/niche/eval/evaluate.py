@@ -20,8 +20,9 @@ from niche.errors import ModelError
 from niche.eval.generation import generate_answers
 from niche.eval.metrics import HEADLINE_METRIC, SCORERS
 from niche.hardware import detect_hardware
-from niche.io import atomic_directory, write_json_atomic, write_text_atomic
+from niche.io import atomic_directory, sha256_of_file, write_json_atomic, write_text_atomic
 from niche.specialist import SpecialistManifest, load_specialist
+from niche.tracking import log_to_run
 
 
 @dataclass
@@ -44,10 +45,11 @@ class EvalReport:
     results: list[ModelScore]
     sources: list[str] = field(default_factory=list, repr=False)
     references: list[str] = field(default_factory=list, repr=False)
+    run_id: str | None = None  # the MLflow run; write_report attaches the report files to it
 
     def to_json(self) -> dict[str, Any]:
         payload = asdict(self)
-        del payload["sources"], payload["references"]
+        del payload["sources"], payload["references"], payload["run_id"]
         for result in payload["results"]:
             result.pop("predictions")
         return payload
@@ -102,7 +104,7 @@ def evaluate(
             f"specialist ({manifest.name})", model, encoder, examples, references, manifest, options, show_progress
         )
     )
-    return EvalReport(
+    report = EvalReport(
         specialist=str(specialist_dir),
         data=str(data_path),
         task_kind=manifest.task.kind,
@@ -113,6 +115,34 @@ def evaluate(
         sources=[example.source for example in examples],
         references=references,
     )
+    report.run_id = track_eval(report, manifest, Path(data_path))
+    return report
+
+
+def track_eval(report: EvalReport, manifest: SpecialistManifest, data_path: Path) -> str | None:
+    """One MLflow run per evaluation: what was scored on which data (by content hash), and every score."""
+    from niche.tracking import tracked_run
+
+    tracking = manifest.config.get("tracking") or {}
+    experiment = tracking.get("experiment") or manifest.name
+    with tracked_run(
+        experiment, "eval", enabled=tracking.get("enabled", True), run_name=f"eval {manifest.name}"
+    ) as tracker:
+        tracker.params(
+            {
+                "specialist": report.specialist,
+                "data": report.data,
+                "rows": report.rows,
+                "constrained": report.constrained,
+                "task": report.task_kind,
+            }
+        )
+        tracker.tags({"data.test.sha256": sha256_of_file(data_path), "specialist.name": manifest.name})
+        for result in report.results:
+            role = "specialist" if result.name.startswith("specialist") else "base"
+            tracker.metrics({f"{role}.{key}": value for key, value in result.metrics.items()})
+            tracker.metrics({f"{role}.examples_per_s": result.examples_per_s})
+        return tracker.run_id
 
 
 @contextlib.contextmanager
@@ -208,4 +238,5 @@ def write_report(report: EvalReport, out_dir: Path) -> Path:
             row |= {result.name: result.predictions[index] for result in report.results}
             rows.append(json.dumps(row, ensure_ascii=False))
         write_text_atomic(staging / "predictions.jsonl", "\n".join(rows) + "\n")
+    log_to_run(report.run_id, Path(out_dir), "report")
     return Path(out_dir)

@@ -10,7 +10,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from niche.errors import NicheError
 from niche.serve.engine import (
     Completion,
+    Generation,
     RequestTimeout,
     SamplingParams,
     ServerBusy,
@@ -286,7 +287,8 @@ def respond(
     if body.stream:
         pieces = counted(generation.stream(), metrics, body.model)
         return StreamingResponse(
-            sse_events(pieces, request_id, created, body.model, chat), media_type="text/event-stream"
+            sse_events(pieces, request_id, created, body.model, chat, lambda: fingerprint_of(generation)),
+            media_type="text/event-stream",
         )
     completion = generation.result()
     count_tokens(metrics, body.model, completion)
@@ -300,9 +302,15 @@ def respond(
         "object": "chat.completion" if chat else "text_completion",
         "created": created,
         "model": body.model,
+        "system_fingerprint": fingerprint_of(generation),
         "choices": [choice],
         "usage": usage(completion),
     }
+
+
+def fingerprint_of(generation: Generation) -> str:
+    """OpenAI's system_fingerprint: here, which version of the specialist answered (e.g. `triage@v3`)."""
+    return f"{generation.name}@{generation.revision}" if generation.revision else generation.name
 
 
 def count_tokens(metrics: Metrics, model: str, completion: Completion) -> None:
@@ -326,7 +334,12 @@ def usage(completion: Completion) -> dict[str, int]:
 
 
 def sse_events(
-    pieces: Iterator[str | Completion], request_id: str, created: int, model: str, chat: bool
+    pieces: Iterator[str | Completion],
+    request_id: str,
+    created: int,
+    model: str,
+    chat: bool,
+    fingerprint: Callable[[], str],
 ) -> Iterator[str]:
     """Server-sent events in OpenAI's chunk format, ending with [DONE]."""
     kind = "chat.completion.chunk" if chat else "text_completion"
@@ -345,6 +358,7 @@ def sse_events(
             "object": kind,
             "created": created,
             "model": model,
+            "system_fingerprint": fingerprint(),
             "choices": [choice],
             **(extra or {}),
         }

@@ -36,6 +36,7 @@ from niche.models import load_model, load_tokenizer, prepare_for_inference
 from niche.serve import multilora
 from niche.serve.constraints import JsonGrammar, LabelConstraint, TokenConstraint
 from niche.specialist import MANIFEST_NAME, SpecialistManifest, read_manifest, resolve_specialist_base
+from niche.tracking import deployed_version
 
 log = logging.getLogger(__name__)
 BASE_MODEL_NAME = "base"
@@ -91,6 +92,7 @@ class Generation:
     text: str = ""
     sent: str = ""
     finished: bool = False
+    revision: str = ""  # which version of the specialist answered (registry version or training time)
 
     def stream(self) -> Iterator[str | Completion]:
         """Text deltas as they are decoded, then the finished Completion; closing it cancels the request."""
@@ -121,6 +123,12 @@ MIN_CACHED_PREFIX = 16  # tokens; shorter shared prefixes are not worth a cache 
 class PrefixCache:
     tokens: tuple[int, ...]
     layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values of shape [1, heads, len, dim]
+
+
+def revision_of(directory: Path, manifest: SpecialistManifest) -> str:
+    """The registry version a deployed specialist came from, else when it was trained."""
+    version = deployed_version(directory)
+    return f"v{version}" if version else manifest.created_at
 
 
 def discover_specialists(directory: Path) -> dict[str, tuple[Path, SpecialistManifest]]:
@@ -175,6 +183,10 @@ class TorchEngine:
             name: TemplateEncoder(self.tokenizer, manifest.template.to_template())
             for name, (_, manifest) in self.specialists.items()
         }
+        self.revisions = {
+            name: revision_of(directory, manifest) for name, (directory, manifest) in self.specialists.items()
+        }
+        self.adapter_revisions: dict[str, str] = {BASE_ADAPTER: "base"}
         self.encoders[BASE_MODEL_NAME] = TemplateEncoder(
             self.tokenizer, build_template(self.tokenizer, None, None, None)
         )
@@ -279,6 +291,7 @@ class TorchEngine:
         with self.lock:
             self._retire(name)
             self.specialists[name] = (directory, manifest)
+            self.revisions[name] = revision_of(directory, manifest)
             self.encoders[name] = TemplateEncoder(self.tokenizer, manifest.template.to_template())
             self.label_tries.pop(name, None)
 
@@ -350,6 +363,7 @@ class TorchEngine:
         self._prepare_for_inference(adapter)
         self._adapters_changed()
         self.loaded[name] = adapter
+        self.adapter_revisions[adapter] = self.revisions[name]
         log.info("loaded specialist %s", name)
         return adapter
 
@@ -381,6 +395,7 @@ class TorchEngine:
                     warnings.simplefilter("ignore", UserWarning)
                     self.model.delete_adapter(adapter)
             self.retired.discard(adapter)
+            self.adapter_revisions.pop(adapter, None)
             self.prefixes.pop(adapter, None)
             self.last_prompts.pop(adapter, None)
             self._adapters_changed()
@@ -449,6 +464,7 @@ class TorchEngine:
             if adapter is None:
                 continue  # every adapter slot is decoding other requests; it waits for one to free
             generation.adapter = adapter
+            generation.revision = self.adapter_revisions.get(adapter, "")
             busy.add(adapter)
             admitted.append(generation)
             self.waiting.remove(generation)
@@ -535,8 +551,8 @@ class TorchEngine:
             self._merge(output.past_key_values, mask.to(self.device))
             self.rows.extend(fresh)
             self._advance(fresh, output.logits[:, -1].float())
-        for generation in reusing:
-            self._prefill_after_prefix(generation)
+        if reusing:
+            self._prefill_after_prefix(reusing)
         self._drop_finished()
 
     def _cached_prefix(self, generation: Generation) -> PrefixCache | None:
@@ -568,27 +584,41 @@ class TorchEngine:
             ],
         )
 
-    def _prefill_after_prefix(self, generation: Generation) -> None:
+    def _prefill_after_prefix(self, reusing: list[Generation]) -> None:
+        """One pass over the newcomers' uncached suffixes, each row on top of its adapter's cached prefix. Row i
+        is laid out [pad][prefix_i][pad][suffix_i]: cached prefixes left-padded to the longest, suffixes
+        left-padded to the longest; the attention mask hides both pads and positions count real tokens only."""
         from transformers.cache_utils import DynamicCache
 
-        cached = self.prefixes[generation.adapter]
+        prefixes = [self.prefixes[generation.adapter] for generation in reusing]
+        cached_width = max(len(prefix.tokens) for prefix in prefixes)
+        suffixes = [generation.prompt[len(prefix.tokens) :] for generation, prefix in zip(reusing, prefixes)]
+        width = max(len(suffix) for suffix in suffixes)
+        input_ids = torch.full((len(reusing), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros((len(reusing), cached_width + width), dtype=torch.long)
+        positions = torch.zeros((len(reusing), width), dtype=torch.long)
+        for row, (prefix, suffix) in enumerate(zip(prefixes, suffixes)):
+            input_ids[row, width - len(suffix) :] = torch.tensor(suffix)
+            mask[row, cached_width - len(prefix.tokens) : cached_width] = 1
+            mask[row, cached_width + width - len(suffix) :] = 1
+            positions[row, width - len(suffix) :] = torch.arange(len(prefix.tokens), len(prefix.tokens) + len(suffix))
         cache = DynamicCache()
-        for index, (keys, values) in enumerate(cached.layers):
+        for index in range(len(prefixes[0].layers)):
+            keys = torch.cat([left_pad(prefix.layers[index][0], cached_width, -2) for prefix in prefixes])
+            values = torch.cat([left_pad(prefix.layers[index][1], cached_width, -2) for prefix in prefixes])
             cache.update(keys, values, index)
-        start = len(cached.tokens)
+        mask = mask.to(self.device)
         output = self._forward(
-            [generation.adapter],
-            input_ids=torch.tensor([generation.prompt[start:]], device=self.device),
-            attention_mask=torch.ones((1, len(generation.prompt)), dtype=torch.long, device=self.device),
-            position_ids=torch.arange(start, len(generation.prompt), device=self.device).unsqueeze(0),
+            [generation.adapter for generation in reusing],
+            input_ids=input_ids.to(self.device),
+            attention_mask=mask,
+            position_ids=positions.to(self.device),
             past_key_values=cache,
         )
-        self.prefix_hits += 1
-        self._merge(
-            output.past_key_values, torch.ones((1, len(generation.prompt)), dtype=torch.long, device=self.device)
-        )
-        self.rows.append(generation)
-        self._advance([generation], output.logits[:, -1].float())
+        self.prefix_hits += len(reusing)
+        self._merge(output.past_key_values, mask)
+        self.rows.extend(reusing)
+        self._advance(reusing, output.logits[:, -1].float())
 
     def _merge(self, cache: Any, mask: torch.Tensor) -> None:
         if self.cache is None:

@@ -81,6 +81,17 @@ class SupervisedOnlyTrainer(Trainer):
         return (loss, {}) if return_outputs else loss
 
 
+class TrackerCallback(TrainerCallback):
+    """Training and validation loss, learning rate and grad norm to the MLflow run at every logging step."""
+
+    def __init__(self, tracker: Any) -> None:
+        self.tracker = tracker
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if state.is_world_process_zero and logs:
+            self.tracker.metrics(logs, step=state.global_step)
+
+
 class RichProgressCallback(TrainerCallback):
     """One progress bar with loss, tokens/s and ETA instead of the Trainer's log dictionaries.
 

@@ -35,6 +35,7 @@ from niche.specialist import (
     TemplateRecord,
     library_versions,
 )
+from niche.tracking import tracked_run
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class TrainResult:
     manifest: SpecialistManifest
     log_history: list[dict[str, Any]] = field(default_factory=list)
     is_main_process: bool = True
+    run_id: str | None = None  # the MLflow run, when tracked
 
 
 @dataclass
@@ -59,6 +61,8 @@ class PreparedData:
 
 def prepare_data(config: NicheConfig) -> PreparedData:
     """Load train and validation examples, detect the task, and check labels agree between them."""
+    if config.data.train is None:
+        raise ConfigError("data.train: no training file; set it, or run `niche pipeline run` to curate pipeline.inputs")
     train_read = load_examples(config.data.train, config.data.format, config.data.fields)
     fingerprints = {"train": _fingerprint(config.data.train, len(train_read.examples))}
     train_examples = train_read.examples
@@ -217,37 +221,59 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
         raise ConfigError(f"--resume: no checkpoint to resume from in {checkpoint_dir}")
 
     longest_row = max(len(item.input_ids) for item in train_encoded + validation_encoded)
-    model = build_lora_model(config, base, hardware, longest_row)
-    trainer = build_trainer(config, hardware, model, tokenizer, train_encoded, validation_encoded, show_progress)
-    started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=True if resume else None)
-    runtime = time.perf_counter() - started
-    metrics = {
-        "train_loss": output.training_loss,
-        "eval_loss": trainer.evaluate()["eval_loss"],
-        "best_step": trainer.state.best_global_step,
-        "steps": trainer.state.global_step,
-        "epochs": trainer.state.epoch,
-        "train_runtime_s": runtime,
-        "tokens_seen": trainer.state.num_input_tokens_seen,
-        "tokens_per_s": trainer.state.num_input_tokens_seen / runtime if runtime else 0.0,
-        "train_examples": len(train_encoded),
-        "validation_examples": len(validation_encoded),
-        "replay_examples": replayed,
-    }
-    probe = next((callback for callback in trainer.callback_handler.callbacks if hasattr(callback, "stopped_at")), None)
-    if probe is not None:
-        metrics |= {
-            "forgetting_probe_base_accuracy": probe.baseline,
-            "forgetting_probe": probe.history,
-            "forgetting_probe_stopped_at": probe.stopped_at,
+    # Only the main process of a multi-process run talks to MLflow.
+    tracking_on = config.tracking.enabled and PartialState().is_main_process
+    with tracked_run(config.experiment, "train", enabled=tracking_on, run_name=f"train {config.name}") as tracker:
+        tracker.params(json.loads(config.model_dump_json()) | {"base.sha256": base.weights_sha256})
+        fingerprints = {split: fingerprint.model_dump() for split, fingerprint in data.fingerprints.items()}
+        tracker.tags({f"data.{split}.sha256": fingerprint["sha256"] for split, fingerprint in fingerprints.items()})
+        tracker.artifact_json(fingerprints, "data.json")
+        model = build_lora_model(config, base, hardware, longest_row)
+        trainer = build_trainer(config, hardware, model, tokenizer, train_encoded, validation_encoded, show_progress)
+        if tracker.active:
+            from niche.train.engine import TrackerCallback
+
+            trainer.add_callback(TrackerCallback(tracker))
+        started = time.perf_counter()
+        output = trainer.train(resume_from_checkpoint=True if resume else None)
+        runtime = time.perf_counter() - started
+        metrics = {
+            "train_loss": output.training_loss,
+            "eval_loss": trainer.evaluate()["eval_loss"],
+            "best_step": trainer.state.best_global_step,
+            "steps": trainer.state.global_step,
+            "epochs": trainer.state.epoch,
+            "train_runtime_s": runtime,
+            "tokens_seen": trainer.state.num_input_tokens_seen,
+            "tokens_per_s": trainer.state.num_input_tokens_seen / runtime if runtime else 0.0,
+            "train_examples": len(train_encoded),
+            "validation_examples": len(validation_encoded),
+            "replay_examples": replayed,
         }
-    manifest = build_manifest(config, base, hardware, model, encoder, data, metrics, len(rejects))
-    if trainer.is_world_process_zero():
-        write_specialist(config.specialist_dir, model, tokenizer, base, manifest, rejects, trainer.state.log_history)
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
-    return TrainResult(config.specialist_dir, manifest, trainer.state.log_history, trainer.is_world_process_zero())
+        probe = next(
+            (callback for callback in trainer.callback_handler.callbacks if hasattr(callback, "stopped_at")), None
+        )
+        if probe is not None:
+            metrics |= {
+                "forgetting_probe_base_accuracy": probe.baseline,
+                "forgetting_probe": probe.history,
+                "forgetting_probe_stopped_at": probe.stopped_at,
+            }
+        manifest = build_manifest(config, base, hardware, model, encoder, data, metrics, len(rejects))
+        if trainer.is_world_process_zero():
+            write_specialist(
+                config.specialist_dir, model, tokenizer, base, manifest, rejects, trainer.state.log_history
+            )
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        trainer.accelerator.wait_for_everyone()
+        result = TrainResult(
+            config.specialist_dir, manifest, trainer.state.log_history, trainer.is_world_process_zero()
+        )
+        if result.is_main_process:
+            tracker.metrics({key: value for key, value in result.manifest.metrics.items() if key != "forgetting_probe"})
+            tracker.artifacts(result.specialist_dir, "specialist")
+        result.run_id = tracker.run_id
+    return result
 
 
 def build_lora_model(config: NicheConfig, base: ResolvedBase, hardware: Hardware, longest_row: int) -> Any:
