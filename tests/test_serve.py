@@ -455,3 +455,45 @@ def test_newcomers_on_cached_prefixes_of_different_lengths_prefill_together_and_
     assert together == alone
     assert engine.prefix_hits - hits == len(questions)
     assert engine.forward_calls["prefill"] - prefills < len(questions), "newcomers should share prefill passes"
+
+
+def test_llamacpp_engine_serves_two_adapters_alternating_and_concurrently(specialists_dir) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from niche.serve.llamacpp import LlamaCppEngine
+
+    engine = LlamaCppEngine(specialists_dir, max_loaded=2)
+    try:
+        with running(create_app(engine)) as url:
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+            questions = [
+                ("router", "ticket 7: invoice charged twice"),
+                ("shouter", "ticket 7: invoice charged twice"),
+                ("router", "ticket 8: site is down again"),
+                ("shouter", "ticket 9: phishing email received"),
+                (BASE_MODEL_NAME, "ticket 8: site is down again"),
+            ]
+            alone = [ask(client, model, text).choices[0].message.content for model, text in questions]
+            assert alone[:4] == ["billing", "BILLING", "outage", "SECURITY"]
+            alternating = [ask(client, model, text).choices[0].message.content for model, text in questions * 2]
+            assert alternating == alone * 2
+            with ThreadPoolExecutor(8) as pool:
+                concurrent = list(pool.map(lambda q: ask(client, *q).choices[0].message.content, questions * 3))
+            assert concurrent == alone * 3
+            streamed = client.chat.completions.create(
+                model="shouter",
+                messages=[{"role": "user", "content": questions[1][1]}],
+                temperature=0,
+                max_tokens=8,
+                stream=True,
+            )
+            assert "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices) == "BILLING"
+            labelled = ask(client, "router", "ticket 10: phishing email received", response_format={"type": "label"})
+            assert labelled.choices[0].message.content in {"billing", "outage", "security"}
+            with pytest.raises(openai.NotFoundError):
+                ask(client, "nobody", "hello")
+            metrics = http("GET", f"{url}/metrics")[1]
+            assert 'niche_forward_calls_total{phase="prefill"}' in metrics
+        assert engine.forward_calls["prefill"] >= len(questions) * 6
+    finally:
+        engine.close()

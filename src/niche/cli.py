@@ -403,7 +403,11 @@ def serve(
     ] = 2.0,
     timeout: Annotated[float, typer.Option(help="Seconds a request may run before it is stopped (504).")] = 120.0,
     engine: Annotated[
-        str, typer.Option(help="torch (this process) or vllm (print the equivalent vLLM command).")
+        str,
+        typer.Option(
+            help="torch (batched, this process), llamacpp (GGUF base + GGUF LoRAs, this process) or vllm "
+            "(print the equivalent vLLM command)."
+        ),
     ] = "torch",
     launch: Annotated[bool, typer.Option(help="With --engine vllm: run the command instead of printing it.")] = False,
     routing: Annotated[
@@ -432,30 +436,38 @@ def serve(
             "(niche.json template.system_prompt) with the request to match training."
         )
         return
-    if engine != "torch":
-        raise ConfigError(f"--engine {engine!r}: expected torch or vllm")
+    if engine not in ("torch", "llamacpp"):
+        raise ConfigError(f"--engine {engine!r}: expected torch, llamacpp or vllm")
     import uvicorn
 
     from niche.serve.app import ServeSettings, create_app
     from niche.serve.engine import TorchEngine
+    from niche.serve.llamacpp import LlamaCppEngine
 
     # Request logs are JSON lines for log shippers, not rich-formatted text.
     request_log = logging.getLogger("niche.serve")
     request_log.propagate = False
     request_log.addHandler(logging.StreamHandler(sys.stderr))
     keys = set(api_key or []) | {key for key in os.environ.get("NICHE_API_KEYS", "").split(",") if key}
-    torch_engine = TorchEngine(
-        specialists, max_loaded=max_loaded, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, timeout_s=timeout
-    )
+    if engine == "llamacpp":
+        serving_engine: Any = LlamaCppEngine(specialists, max_loaded=max_loaded, timeout_s=timeout)
+    else:
+        serving_engine = TorchEngine(
+            specialists,
+            max_loaded=max_loaded,
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms,
+            timeout_s=timeout,
+        )
     if registry_poll > 0:
         from niche.serve.registry import ChampionPoller
 
-        poller = ChampionPoller(torch_engine, registry_poll)
+        poller = ChampionPoller(serving_engine, registry_poll)
         poller.check_once()
         poller.start()
-    router = torch_engine.router(route_threshold) if routing else None
-    app = create_app(torch_engine, ServeSettings(frozenset(keys), max_body_bytes), router)
-    console.print(f"serving {', '.join(torch_engine.model_names())} on http://{host}:{port}/v1")
+    router = serving_engine.router(route_threshold) if routing else None
+    app = create_app(serving_engine, ServeSettings(frozenset(keys), max_body_bytes), router)
+    console.print(f"serving {', '.join(serving_engine.model_names())} on http://{host}:{port}/v1")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
@@ -503,6 +515,46 @@ def ladder(
     directory = write_ladder_report(report, out or config.specialist_dir / "ladder")
     console.print(ladder_markdown(report))
     console.print(f"report: {directory / 'ladder.html'}")
+
+
+@app.command("export")
+def export_command(
+    specialist: Annotated[Path, typer.Argument(help="Specialist directory written by `niche train`.")],
+    to: Annotated[str, typer.Option("--to", help="merged, gguf, ollama or vllm.")],
+    quant: Annotated[str, typer.Option(help="GGUF quantization: f16, q8_0 or q4_k_m.")] = "q4_k_m",
+    out: Annotated[
+        Path | None, typer.Option(help="Export directory; SPECIALIST-TO[-QUANT] beside it when absent.")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="Held-out rows for the parity check (default: data.test).")] = None,
+    parity_rows: Annotated[int, typer.Option(help="Held-out rows the parity check runs.")] = 32,
+    max_metric_drop: Annotated[
+        float, typer.Option(help="Quantized exports: warn when the task metric drops by more than this.")
+    ] = 0.02,
+) -> None:
+    """Export a specialist (merged weights, GGUF, Ollama, vLLM) and check it answers like the trained model."""
+    from niche.export import export_specialist, parity_table
+
+    suffix = f"-{quant}" if to in ("gguf", "ollama") else ""
+    target = out or specialist.parent / "exports" / f"{specialist.name}-{to}{suffix}"
+    result = export_specialist(
+        specialist,
+        to,  # type: ignore[arg-type]
+        target,
+        quant=quant,  # type: ignore[arg-type]
+        data=data,
+        parity_rows=parity_rows,
+        max_metric_drop=max_metric_drop,
+    )
+    if result.parity:
+        console.print(parity_table(result.parity))
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    if "command" in result.details:
+        import shlex
+
+        console.print(shlex.join(result.details["command"]))
+    sizes = ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in result.files.items())
+    console.print(f"[green]exported to[/] {result.directory}: {sizes}")
 
 
 @pipeline_app.command("run")

@@ -24,11 +24,11 @@ from pydantic import BaseModel, Field
 from niche.errors import NicheError
 from niche.serve.engine import (
     Completion,
+    EngineCore,
     Generation,
     RequestTimeout,
     SamplingParams,
     ServerBusy,
-    TorchEngine,
     UnknownModelError,
 )
 from niche.serve.router import DomainRouter
@@ -62,6 +62,7 @@ class SamplingFields(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     stop: str | list[str] | None = None
     seed: int | None = None
+    ignore_eos: bool = Field(False, description="Keep decoding past end-of-turn up to max_tokens (vLLM's extension).")
     stream: bool = False
     n: int = Field(1, ge=1, le=1, description="Only one choice per request.")
     response_format: ResponseFormat | None = None
@@ -75,7 +76,9 @@ class SamplingFields(BaseModel):
                 if self.response_format.json_schema is None:
                     raise NicheError("response_format.json_schema: required when type is 'json_schema'")
                 schema = self.response_format.json_schema.schema_
-        return SamplingParams(self.max_tokens or 256, self.temperature, self.top_p, stop, self.seed, response, schema)
+        return SamplingParams(
+            self.max_tokens or 256, self.temperature, self.top_p, stop, self.seed, response, schema, self.ignore_eos
+        )
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -122,7 +125,7 @@ class Metrics:
 class EngineCollector:
     """The engine's own counters, read at scrape time."""
 
-    def __init__(self, engine: TorchEngine) -> None:
+    def __init__(self, engine: EngineCore) -> None:
         self.engine = engine
 
     def collect(self) -> Iterator[Any]:
@@ -148,7 +151,7 @@ AUTO_MODEL = "auto"
 
 
 def create_app(
-    engine: TorchEngine, settings: ServeSettings | None = None, router: DomainRouter | None = None
+    engine: EngineCore, settings: ServeSettings | None = None, router: DomainRouter | None = None
 ) -> FastAPI:
     settings = settings or ServeSettings()
     metrics = Metrics()
@@ -278,7 +281,7 @@ def create_app(
 
 
 def respond(
-    engine: TorchEngine, metrics: Metrics, body: SamplingFields, messages: list[dict[str, str]], chat: bool
+    engine: EngineCore, metrics: Metrics, body: SamplingFields, messages: list[dict[str, str]], chat: bool
 ) -> Any:
     # Bad requests (unknown model, a schema that cannot compile, too long) fail here, before a stream starts.
     generation = engine.submit(body.model, messages, body.sampling())

@@ -64,6 +64,7 @@ class SamplingParams:
     seed: int | None = None
     response: str = "text"  # text | label (the specialist's label set) | json (json_schema, or any object)
     json_schema: dict[str, Any] | None = None
+    ignore_eos: bool = False  # benchmarks: decode max_tokens whatever the model says
 
 
 @dataclass
@@ -140,18 +141,11 @@ def discover_specialists(directory: Path) -> dict[str, tuple[Path, SpecialistMan
     return found
 
 
-class TorchEngine:
-    """Base model plus specialists' adapters; requests for any of them are decoded together in one batch."""
+class EngineCore:
+    """What every engine shares: the served specialists and their stored templates, request intake and limits,
+    constrained sampling, stop strings and streaming; a subclass runs the model (`_acquire`, `_retire`)."""
 
-    def __init__(
-        self,
-        specialists_dir: Path,
-        max_loaded: int = 8,
-        max_batch_size: int = 16,
-        max_wait_ms: float = 2.0,
-        timeout_s: float = 120.0,
-        stacked_lora: bool = True,
-    ) -> None:
+    def __init__(self, specialists_dir: Path, max_loaded: int = 8, timeout_s: float = 120.0) -> None:
         self.specialists = discover_specialists(specialists_dir)
         if not self.specialists:
             raise ModelError(f"{specialists_dir}: no specialists (subdirectories with {MANIFEST_NAME}) to serve")
@@ -164,17 +158,13 @@ class TorchEngine:
         self.directory = Path(specialists_dir)
         first_manifest = next(iter(self.specialists.values()))[1]
         self.base_sha256 = first_manifest.base.weights_sha256
-        hardware = detect_hardware()
-        base = resolve_specialist_base(first_manifest)
+        self.base = resolve_specialist_base(first_manifest)
         self.base_spec = first_manifest.base.spec
-        self.base_directory = base.directory
-        self.tokenizer = load_tokenizer(base)
-        self.model: Any = load_model(base, hardware.dtype, hardware.device).eval()
-        self.device = hardware.device
-        self.context_length = getattr(self.model.config, "max_position_embeddings", None)
+        self.base_directory = self.base.directory
+        self.tokenizer = load_tokenizer(self.base)
+        self.vocab_size = len(self.tokenizer)
+        self.context_length: int | None = None
         self.max_loaded = max(1, max_loaded)
-        self.max_batch_size = max(1, max_batch_size)
-        self.max_wait = max_wait_ms / 1000
         self.timeout_s = timeout_s
         self.label_tries: dict[str, AnswerTrie] = {}
         self.grammars: dict[str, str] = {}
@@ -190,7 +180,7 @@ class TorchEngine:
         self.encoders[BASE_MODEL_NAME] = TemplateEncoder(
             self.tokenizer, build_template(self.tokenizer, None, None, None)
         )
-        # Scheduler state; the lock is held for each step, and by admin operations between steps.
+        # The lock is held for each model step, and by admin operations between steps.
         self.lock = threading.RLock()
         self.loaded: OrderedDict[str, str] = OrderedDict()  # specialist -> its adapter's name in the model, LRU
         self.retired: set[str] = set()  # replaced or unloaded adapters that running rows still decode with
@@ -198,22 +188,23 @@ class TorchEngine:
         self.incoming: queue.SimpleQueue[Generation] = queue.SimpleQueue()
         self.waiting: deque[Generation] = deque()
         self.rows: list[Generation] = []
-        self.cache: Any = None
-        self.attention_mask: torch.Tensor | None = None
-        self.steps = 0
-        self.peak_rows = 0
-        self._active_adapter: str | None = None
-        self.use_stacked_lora = stacked_lora
-        self.stacked_lora = False
-        self.lora_state = multilora.MultiLoraState()
-        self.prefixes: dict[str, PrefixCache] = {}  # adapter -> keys/values of its prompts' common prefix
-        self.last_prompts: dict[str, list[int]] = {}
         self.prefix_hits = 0
         self.forward_seconds = {"prefill": 0.0, "decode": 0.0}
         self.forward_calls = {"prefill": 0, "decode": 0}
         self._closed = threading.Event()
-        self._scheduler = threading.Thread(target=self._schedule, name="niche-scheduler", daemon=True)
-        self._scheduler.start()
+
+    def _next_adapter_name(self, name: str) -> str:
+        # A fresh adapter name per load, so a reloaded specialist never collides with rows still on the old one.
+        return re.sub(r"\W", "_", name) + f"_v{next(self._adapter_versions)}"
+
+    def _acquire(self, name: str, busy: set[str] | None = None) -> str | None:
+        raise NotImplementedError
+
+    def _retire(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def _busy_adapters(self) -> set[str]:
+        return {row.adapter for row in self.rows}
 
     # ---- requests -------------------------------------------------------------------------------------------
 
@@ -265,7 +256,7 @@ class TorchEngine:
     def _json(self) -> JsonGrammar:
         if self._json_grammar is None:
             stop_ids = sorted({token for encoder in self.encoders.values() for token in encoder.stop_ids})
-            self._json_grammar = JsonGrammar(self.tokenizer, self.model.config.vocab_size, stop_ids)
+            self._json_grammar = JsonGrammar(self.tokenizer, self.vocab_size, stop_ids)
         return self._json_grammar
 
     def _label_trie(self, name: str, encoder: TemplateEncoder) -> AnswerTrie:
@@ -330,8 +321,97 @@ class TorchEngine:
             raise UnknownModelError(f"model {name!r} is not served here; available: {', '.join(self.model_names())}")
         return self.encoders[name]
 
-    def _busy_adapters(self) -> set[str]:
-        return {row.adapter for row in self.rows}
+    def close(self) -> None:
+        self._closed.set()
+        self._scheduler.join(timeout=30)
+
+    def _expired(self, generation: Generation) -> bool:
+        if time.monotonic() <= generation.deadline:
+            return False
+        generation.events.put(RequestTimeout(f"request to {generation.name!r} ran past {self.timeout_s:g} s"))
+        generation.finished = True
+        return True
+
+    def _advance(self, rows: list[Generation], logits: torch.Tensor) -> None:
+        """Pick each row's next token and report what it adds; rows that end are marked finished."""
+        for index, row in enumerate(rows):
+            try:
+                if row.cancelled.is_set():
+                    row.finished = True
+                elif not self._expired(row):
+                    self._advance_row(row, logits[index])
+            except Exception as error:  # noqa: BLE001 - a failing row (e.g. its grammar) ends alone
+                row.events.put(error)
+                row.finished = True
+
+    def _advance_row(self, row: Generation, logits: torch.Tensor) -> None:
+        if row.constraint is not None:
+            if row.constraint.complete():
+                return self._finish(row, "stop")
+            logits = row.constraint.mask(logits)
+        token = next_token(logits, row.params, row.generator)
+        if token in row.encoder.stop_ids and not row.params.ignore_eos:
+            return self._finish(row, "stop")
+        if row.constraint is not None:
+            row.constraint.accept(token)
+        row.generated.append(token)
+        text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
+        cut = min((text.find(stop) for stop in row.params.stop if stop in text), default=-1)
+        if cut >= 0:
+            row.text = text[:cut]
+            return self._finish(row, "stop")
+        row.text = text
+        # Hold back enough text that a stop string split across tokens is never half-sent, and a token that
+        # ends mid-character (decoded as U+FFFD until the next one completes it).
+        holdback = max((len(stop) for stop in row.params.stop), default=1) - 1
+        ready = len(text.rstrip("\ufffd")) - holdback
+        if ready > len(row.sent):
+            row.events.put(text[len(row.sent) : ready])
+            row.sent = text[:ready]
+        if len(row.generated) >= row.params.max_tokens:
+            self._finish(row, "length")
+
+    def _finish(self, row: Generation, reason: str) -> None:
+        if len(row.text) > len(row.sent):
+            row.events.put(row.text[len(row.sent) :])
+        row.events.put(Completion(row.text, reason, len(row.prompt), len(row.generated)))
+        row.finished = True
+
+
+class TorchEngine(EngineCore):
+    """Base model plus specialists' adapters; requests for any of them are decoded together in one batch."""
+
+    def __init__(
+        self,
+        specialists_dir: Path,
+        max_loaded: int = 8,
+        max_batch_size: int = 16,
+        max_wait_ms: float = 2.0,
+        timeout_s: float = 120.0,
+        stacked_lora: bool = True,
+    ) -> None:
+        super().__init__(specialists_dir, max_loaded, timeout_s)
+        hardware = detect_hardware()
+        self.model: Any = load_model(self.base, hardware.dtype, hardware.device).eval()
+        self.vocab_size = self.model.config.vocab_size
+        self.device = hardware.device
+        self.context_length = getattr(self.model.config, "max_position_embeddings", None)
+        self.max_batch_size = max(1, max_batch_size)
+        self.max_wait = max_wait_ms / 1000
+        self.cache: Any = None
+        self.attention_mask: torch.Tensor | None = None
+        self.steps = 0
+        self.peak_rows = 0
+        self._active_adapter: str | None = None
+        self.use_stacked_lora = stacked_lora
+        self.stacked_lora = False
+        self.lora_state = multilora.MultiLoraState()
+        self.prefixes: dict[str, PrefixCache] = {}  # adapter -> keys/values of its prompts' common prefix
+        self.last_prompts: dict[str, list[int]] = {}
+        self._scheduler = threading.Thread(target=self._schedule, name="niche-scheduler", daemon=True)
+        self._scheduler.start()
+
+    # ---- adapters ---------------------------------------------------------------------------------------------
 
     def _acquire(self, name: str, busy: set[str] | None = None) -> str | None:
         """`name`'s adapter in the model, loading it (evicting the least recently used idle one) if needed;
@@ -347,8 +427,7 @@ class TorchEngine:
         idle = [loaded for loaded, adapter in self.loaded.items() if adapter not in busy]  # LRU first
         if len(self.loaded) >= self.max_loaded and not idle:
             return None
-        # A fresh adapter name per load, so a reloaded specialist never collides with rows still on the old one.
-        adapter = re.sub(r"\W", "_", name) + f"_v{next(self._adapter_versions)}"
+        adapter = self._next_adapter_name(name)
         directory = str(self.specialists[name][0])
         if not isinstance(self.model, PeftModel):
             self.model = PeftModel.from_pretrained(self.model, directory, adapter_name=adapter).eval()
@@ -402,10 +481,6 @@ class TorchEngine:
             self._active_adapter = None  # PEFT activates another adapter of its choosing
 
     # ---- scheduling -----------------------------------------------------------------------------------------
-
-    def close(self) -> None:
-        self._closed.set()
-        self._scheduler.join(timeout=30)
 
     def _schedule(self) -> None:
         while not self._closed.is_set():
@@ -476,13 +551,6 @@ class TorchEngine:
         from transformers.cache_utils import DynamicLayer
 
         return all(type(layer) is DynamicLayer for layer in self.cache.layers)
-
-    def _expired(self, generation: Generation) -> bool:
-        if time.monotonic() <= generation.deadline:
-            return False
-        generation.events.put(RequestTimeout(f"request to {generation.name!r} ran past {self.timeout_s:g} s"))
-        generation.finished = True
-        return True
 
     def _forward(self, adapters: list[str], **inputs: Any) -> Any:
         """One forward pass where row i uses adapter adapters[i], through the stacked multi-LoRA layers when the
@@ -647,51 +715,6 @@ class TorchEngine:
         self.peak_rows = max(self.peak_rows, len(self.rows))
         self._advance(self.rows, output.logits[:, -1].float())
         self._drop_finished()
-
-    def _advance(self, rows: list[Generation], logits: torch.Tensor) -> None:
-        """Pick each row's next token and report what it adds; rows that end are marked finished."""
-        for index, row in enumerate(rows):
-            try:
-                if row.cancelled.is_set():
-                    row.finished = True
-                elif not self._expired(row):
-                    self._advance_row(row, logits[index])
-            except Exception as error:  # noqa: BLE001 - a failing row (e.g. its grammar) ends alone
-                row.events.put(error)
-                row.finished = True
-
-    def _advance_row(self, row: Generation, logits: torch.Tensor) -> None:
-        if row.constraint is not None:
-            if row.constraint.complete():
-                return self._finish(row, "stop")
-            logits = row.constraint.mask(logits)
-        token = next_token(logits, row.params, row.generator)
-        if token in row.encoder.stop_ids:
-            return self._finish(row, "stop")
-        if row.constraint is not None:
-            row.constraint.accept(token)
-        row.generated.append(token)
-        text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
-        cut = min((text.find(stop) for stop in row.params.stop if stop in text), default=-1)
-        if cut >= 0:
-            row.text = text[:cut]
-            return self._finish(row, "stop")
-        row.text = text
-        # Hold back enough text that a stop string split across tokens is never half-sent, and a token that
-        # ends mid-character (decoded as U+FFFD until the next one completes it).
-        holdback = max((len(stop) for stop in row.params.stop), default=1) - 1
-        ready = len(text.rstrip("\ufffd")) - holdback
-        if ready > len(row.sent):
-            row.events.put(text[len(row.sent) : ready])
-            row.sent = text[:ready]
-        if len(row.generated) >= row.params.max_tokens:
-            self._finish(row, "length")
-
-    def _finish(self, row: Generation, reason: str) -> None:
-        if len(row.text) > len(row.sent):
-            row.events.put(row.text[len(row.sent) :])
-        row.events.put(Completion(row.text, reason, len(row.prompt), len(row.generated)))
-        row.finished = True
 
     def _drop_finished(self) -> None:
         keep = [index for index, row in enumerate(self.rows) if not row.finished]

@@ -12,13 +12,13 @@ import logging
 import threading
 
 from niche import tracking
-from niche.serve.engine import TorchEngine
+from niche.serve.engine import EngineCore
 
 log = logging.getLogger("niche.serve")
 
 
 class ChampionPoller:
-    def __init__(self, engine: TorchEngine, interval: float) -> None:
+    def __init__(self, engine: EngineCore, interval: float) -> None:
         self.engine = engine
         self.interval = interval
         self._stop = threading.Event()

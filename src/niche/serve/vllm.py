@@ -23,19 +23,30 @@ def vllm_problems(manifest: SpecialistManifest, adapter_config: dict) -> list[st
         problems.append(f"rank {adapter_config['r']} exceeds vLLM's largest --max-lora-rank {VLLM_LORA_RANKS[-1]}")
     if adapter_config.get("use_dora"):
         problems.append("DoRA adapters are not supported by vLLM's LoRA loader")
+    targets = adapter_config.get("target_modules") or []
+    targets = [targets] if isinstance(targets, str) else targets
+    unsupported = sorted(set(targets) & {"embed_tokens", "lm_head", "wte", "word_embeddings"})
+    if unsupported:
+        problems.append(f"LoRA on {unsupported} (vLLM applies LoRA to attention and MLP projections only)")
     return problems
 
 
 def vllm_command(specialists_dir: Path, host: str = "127.0.0.1", port: int = 8000) -> list[str]:
     """`vllm serve BASE --enable-lora --lora-modules name=dir ...` for every specialist in the directory."""
-    import json
-
     specialists = discover_specialists(specialists_dir)
     if not specialists:
         raise ModelError(f"{specialists_dir}: no specialists to serve")
+    return vllm_command_for(specialists, host, port)
+
+
+def vllm_command_for(
+    specialists: dict[str, tuple[Path, SpecialistManifest]], host: str = "127.0.0.1", port: int = 8000
+) -> list[str]:
+    import json
+
     bases = {manifest.base.weights_sha256 for _, manifest in specialists.values()}
     if len(bases) > 1:
-        raise ModelError(f"{specialists_dir}: specialists were trained on different bases; vLLM serves one base")
+        raise ModelError("the specialists were trained on different bases; vLLM serves one base")
     ranks, problems = [], []
     for name, (directory, manifest) in specialists.items():
         adapter_config = json.loads((directory / "adapter_config.json").read_text())
