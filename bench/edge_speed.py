@@ -8,7 +8,9 @@ past end-of-turn (`ignore_eos`) so decode speed is measured on equal lengths:
 - raw: llama-cpp-python's Llama.eval in a loop (argmax), or a transformers loop with its KV cache for torch;
 - niche serve: a `niche serve` subprocess (torch engine in fp32, or `--engine llamacpp`), streamed with the
   official openai client on loopback.
-Time to first token, decode tokens/s, model file size and resident memory; cost per million generated
+Time to first token, decode tokens/s, model file size and resident memory (each raw run in its own process:
+its peak minus what it held before loading; a server: its whole peak, Python and libraries included); cost
+per million generated
 tokens from the measured decode rate and `--price-per-hour`. Results: bench/results/edge_speed.json.
 
     python bench/edge_speed.py [--prompts 8] [--tokens 64] [--price-per-hour 0.10]
@@ -35,9 +37,18 @@ RESULTS = REPO / "bench" / "results" / "edge_speed.json"
 WORKDIR = REPO / "build" / "bench-edge"
 
 
-def rss_mb(pid: int | None = None) -> float:
+def rss_mb(pid: int | None = None, field: str = "VmRSS") -> float:
+    """Resident memory of a process (VmHWM: its peak so far)."""
     status = Path(f"/proc/{pid or 'self'}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) / 1024
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith(field))) / 1024
+
+
+def in_child(function, *arguments):
+    """Run one measurement in a fresh process, so its peak memory is its own and nothing stays warm."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(function, arguments)
 
 
 def specialist(steps: int) -> Path:
@@ -77,7 +88,7 @@ def raw_llama(model: Path, lora: Path | None, prompts: list[list[int]], tokens: 
     from niche.export import LlamaCppRunner
     from niche.serve.llamacpp import last_logits
 
-    before = rss_mb()
+    before = rss_mb()  # after the imports: what the model itself adds is measured
     runner = LlamaCppRunner(model, lora)
     llm = runner.llm
     ttfts, rates = [], []
@@ -93,9 +104,8 @@ def raw_llama(model: Path, lora: Path | None, prompts: list[list[int]], tokens: 
         ended = time.perf_counter()
         ttfts.append(first - started)
         rates.append((tokens - 1) / (ended - first))
-    memory = rss_mb() - before
     runner.close()
-    return summary(ttfts[1:], rates[1:]) | {"resident_mb": round(memory, 1)}
+    return summary(ttfts[1:], rates[1:]) | {"resident_mb": round(rss_mb(field="VmHWM") - before, 1)}
 
 
 def raw_torch(merged_dir: Path, prompts: list[list[int]], tokens: int) -> dict:
@@ -118,7 +128,7 @@ def raw_torch(merged_dir: Path, prompts: list[list[int]], tokens: int) -> dict:
             ended = time.perf_counter()
             ttfts.append(first - started)
             rates.append((tokens - 1) / (ended - first))
-    return summary(ttfts[1:], rates[1:]) | {"resident_mb": round(rss_mb() - before, 1)}
+    return summary(ttfts[1:], rates[1:]) | {"resident_mb": round(rss_mb(field="VmHWM") - before, 1)}
 
 
 def through_serve(specialists: Path, engine: str, texts: list[str], tokens: int) -> dict:
@@ -163,7 +173,7 @@ def through_serve(specialists: Path, engine: str, texts: list[str], tokens: int)
             ended = time.perf_counter()
             ttfts.append((first or ended) - started)
             rates.append((generated - 1) / (ended - (first or ended)))
-        return summary(ttfts[1:], rates[1:]) | {"resident_mb": round(rss_mb(server.pid), 1)}
+        return summary(ttfts[1:], rates[1:]) | {"resident_mb": round(rss_mb(server.pid, "VmHWM"), 1)}
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -204,13 +214,15 @@ def main() -> None:
 
     rows = {}
     merged_weights = merged_dir / "model.safetensors"
-    rows["torch fp32 merged (raw)"] = raw_torch(merged_dir, prompts, args.tokens) | {"file_mb": size_mb(merged_weights)}
+    rows["torch fp32 merged (raw)"] = in_child(raw_torch, merged_dir, prompts, args.tokens) | {
+        "file_mb": size_mb(merged_weights)
+    }
     for quant, directory in exported.items():
         model = directory / f"model-{quant}.gguf"
-        rows[f"llama.cpp {quant} merged (raw)"] = raw_llama(model, None, prompts, args.tokens) | {
+        rows[f"llama.cpp {quant} merged (raw)"] = in_child(raw_llama, model, None, prompts, args.tokens) | {
             "file_mb": size_mb(model)
         }
-    rows["llama.cpp f16 base + LoRA (raw)"] = raw_llama(base_gguf, lora, prompts, args.tokens) | {
+    rows["llama.cpp f16 base + LoRA (raw)"] = in_child(raw_llama, base_gguf, lora, prompts, args.tokens) | {
         "file_mb": size_mb(base_gguf, lora)
     }
     rows["niche serve torch fp32 (PEFT, unmerged)"] = through_serve(specialist_dir.parent, "torch", texts, args.tokens)

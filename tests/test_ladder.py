@@ -300,3 +300,32 @@ def test_training_mixes_replay_rows_and_logs_the_probe(tmp_path, tiny_base) -> N
     assert result.manifest.data["replay"].rows == metrics["replay_examples"]
     logged = json.loads((result.specialist_dir / "training_log.json").read_text())
     assert any("forgetting_probe_accuracy" in entry for entry in logged)
+
+
+def test_ladder_costs_each_measured_serving_engine_at_its_own_price(tmp_path) -> None:
+    from niche.errors import ConfigError
+    from niche.ladder import engine_costs
+
+    speeds = tmp_path / "edge_speed.json"
+    speeds.write_text(
+        json.dumps(
+            {
+                "rows": {
+                    "llama.cpp q4_k_m merged (raw)": {
+                        "ttft_p50_ms": 80.0,
+                        "decode_tokens_per_s": 120.0,
+                        "file_mb": 105,
+                    },
+                    "torch fp32 merged (raw)": {"ttft_p50_ms": 150.0, "decode_tokens_per_s": 15.0, "file_mb": 540},
+                }
+            }
+        )
+    )
+    rows = {row["engine"]: row for row in engine_costs(speeds, price_per_hour=0.36)}
+    # 0.36 per hour = 0.0001 per second; at 120 tokens/s a million tokens take 8333 s.
+    assert rows["llama.cpp q4_k_m merged (raw)"]["cost_per_million_tokens"] == pytest.approx(0.8333, rel=1e-3)
+    assert rows["torch fp32 merged (raw)"]["cost_per_million_tokens"] == pytest.approx(6.6667, rel=1e-3)
+    assert engine_costs(None, 0.36) == []
+    speeds.write_text("{}")
+    with pytest.raises(ConfigError, match="ladder.engine_speeds"):
+        engine_costs(speeds, 0.36)

@@ -436,29 +436,24 @@ def serve(
             "(niche.json template.system_prompt) with the request to match training."
         )
         return
-    if engine not in ("torch", "llamacpp"):
-        raise ConfigError(f"--engine {engine!r}: expected torch, llamacpp or vllm")
     import uvicorn
 
+    from niche.serve import create_engine
     from niche.serve.app import ServeSettings, create_app
-    from niche.serve.engine import TorchEngine
-    from niche.serve.llamacpp import LlamaCppEngine
 
     # Request logs are JSON lines for log shippers, not rich-formatted text.
     request_log = logging.getLogger("niche.serve")
     request_log.propagate = False
     request_log.addHandler(logging.StreamHandler(sys.stderr))
     keys = set(api_key or []) | {key for key in os.environ.get("NICHE_API_KEYS", "").split(",") if key}
-    if engine == "llamacpp":
-        serving_engine: Any = LlamaCppEngine(specialists, max_loaded=max_loaded, timeout_s=timeout)
-    else:
-        serving_engine = TorchEngine(
-            specialists,
-            max_loaded=max_loaded,
-            max_batch_size=max_batch_size,
-            max_wait_ms=max_wait_ms,
-            timeout_s=timeout,
-        )
+    serving_engine = create_engine(
+        engine,
+        specialists,
+        max_loaded=max_loaded,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        timeout_s=timeout,
+    )
     if registry_poll > 0:
         from niche.serve.registry import ChampionPoller
 

@@ -85,6 +85,7 @@ class TrainingSettings(_Strict):
     forgetting_probe_questions: int = Field(60, ge=4, description="Questions in the training-time probe.")
     forgetting_threshold: float = Field(0.05, ge=0, description="Relative accuracy drop that triggers the action.")
     forgetting_action: Literal["warn", "stop"] = "warn"
+    method: Literal["sft", "grpo"] = Field("sft", description="sft (supervised) or grpo (rewards; see grpo:).")
 
 
 class EvalSettings(_Strict):
@@ -113,6 +114,23 @@ class LadderSettings(_Strict):
     general_lines: int = Field(200, ge=1, description="Lines of general text scored.")
     general_questions: Path | None = Field(None, description="Multiple-choice set; niche's everyday set when absent.")
     forgetting_threshold: float = Field(0.05, ge=0, description="Relative drop that counts as forgetting.")
+    engine_speeds: Path | None = Field(
+        None, description="bench/results/edge_speed.json: cost per million tokens for each serving engine and format."
+    )
+
+
+class GrpoSettings(_Strict):
+    start_from: Path | None = Field(None, description="An SFT specialist to continue from; the bare base when absent.")
+    group_size: int = Field(8, ge=2, description="Completions sampled per prompt (GRPO's group).")
+    prompts_per_step: int = Field(1, ge=1, description="Prompts per optimizer step.")
+    kl: float = Field(0.04, ge=0, description="KL coefficient against the starting policy (0: no reference model).")
+    max_completion_length: int = Field(32, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    rewards: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Rewards with weights, e.g. [{name: label, weight: 1}, {name: length, weight: 0.2, max_words: 4}]; "
+        "by task kind when empty.",
+    )
 
 
 class TrackingSettings(_Strict):
@@ -187,6 +205,7 @@ class NicheConfig(_Strict):
     eval: EvalSettings = Field(default_factory=EvalSettings)
     rag: RagSettings = Field(default_factory=RagSettings)
     ladder: LadderSettings = Field(default_factory=LadderSettings)
+    grpo: GrpoSettings = Field(default_factory=GrpoSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
@@ -288,6 +307,7 @@ def resolve_paths(config: NicheConfig, base_dir: Path) -> NicheConfig:
         update={
             "general_text": resolve(config.ladder.general_text),
             "general_questions": resolve(config.ladder.general_questions),
+            "engine_speeds": resolve(config.ladder.engine_speeds),
         }
     )
     curate = config.pipeline.curate.model_copy(
@@ -300,8 +320,10 @@ def resolve_paths(config: NicheConfig, base_dir: Path) -> NicheConfig:
             "curate": curate,
         }
     )
+    grpo = config.grpo.model_copy(update={"start_from": resolve(config.grpo.start_from)})
     return config.model_copy(
         update={
+            "grpo": grpo,
             "data": data,
             "output_dir": resolve(config.output_dir),
             "rag": rag,

@@ -69,6 +69,7 @@ class LadderReport:
     labels: list[str] = field(default_factory=list)
     references: list[str] = field(default_factory=list, repr=False)
     notes: list[str] = field(default_factory=list)
+    engines: list[dict[str, Any]] = field(default_factory=list)  # measured serving options, costed
     run_id: str | None = None  # the MLflow run; write_ladder_report attaches the report to it
 
     def to_json(self) -> dict[str, Any]:
@@ -230,8 +231,29 @@ def run_ladder(config: NicheConfig, *, show_progress: bool = True) -> LadderRepo
         references=references,
         notes=notes,
     )
+    report.engines = engine_costs(config.ladder.engine_speeds, config.ladder.price_per_hour)
     report.run_id = _track_ladder(config, report)
     return report
+
+
+def engine_costs(path: Path | None, price_per_hour: float) -> list[dict[str, Any]]:
+    """Each serving engine and format measured by bench/edge_speed.py, costed at this ladder's hardware price."""
+    if path is None:
+        return []
+    try:
+        rows = json.loads(Path(path).read_text())["rows"]
+    except (OSError, ValueError, KeyError) as error:
+        raise ConfigError(f"ladder.engine_speeds: {path}: expected bench/edge_speed.py's results ({error})") from error
+    return [
+        {
+            "engine": name,
+            "ttft_p50_ms": row["ttft_p50_ms"],
+            "decode_tokens_per_s": row["decode_tokens_per_s"],
+            "file_mb": row.get("file_mb"),
+            "cost_per_million_tokens": _cost(price_per_hour, row["decode_tokens_per_s"]) * 1e6,
+        }
+        for name, row in rows.items()
+    ]
 
 
 def _track_ladder(config: NicheConfig, report: LadderReport) -> str | None:

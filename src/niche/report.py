@@ -94,9 +94,38 @@ def ladder_markdown(report: LadderReport) -> str:
             "",
             *_markdown_table(["probe", "base", "specialist", "relative change"], _forgetting_rows(report)),
         ]
+    if report.engines:
+        lines += [
+            "",
+            "## Serving options (measured by bench/edge_speed.py)",
+            "",
+            *_markdown_table(ENGINE_HEADER, _engine_rows(report)),
+        ]
     for note in report.notes:
         lines += ["", f"Note: {note}"]
     return "\n".join(lines) + "\n"
+
+
+ENGINE_HEADER = [
+    "engine and format",
+    "time to first token p50 (ms)",
+    "decode tokens/s",
+    "file (MB)",
+    "cost / 1M tokens",
+]
+
+
+def _engine_rows(report: LadderReport) -> list[list[str]]:
+    return [
+        [
+            row["engine"],
+            _number(row["ttft_p50_ms"]),
+            _number(row["decode_tokens_per_s"]),
+            _number(row["file_mb"]) if row["file_mb"] is not None else "",
+            _number(row["cost_per_million_tokens"]),
+        ]
+        for row in report.engines
+    ]
 
 
 def _png(figure: Any) -> str:
@@ -214,6 +243,7 @@ def ladder_html(report: LadderReport) -> str:
         else ""
     )
     notes = "".join(f"<p class=note>{html.escape(note)}</p>" for note in report.notes)
+    engines = "<h2>Serving options</h2>" + _html_table(ENGINE_HEADER, _engine_rows(report)) if report.engines else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>niche ladder: {html.escape(report.specialist)}</title>
 <style>
@@ -233,6 +263,7 @@ figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 100%; }}
 {_html_table(RUNG_HEADER, _rung_rows(report))}
 {retrieval}
 {forgetting}
+{engines}
 {notes}
 <h2>Plots</h2>
 {figures}

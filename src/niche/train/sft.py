@@ -192,6 +192,11 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
     """Train a LoRA specialist as configured and write it to config.output_dir / config.name."""
     from accelerate import PartialState
 
+    if config.training.method == "grpo":
+        from niche.train.grpo import train_grpo
+
+        return train_grpo(config, show_progress=show_progress)
+
     hardware = detect_hardware()
     # Under a multi-process launcher the first process converts (or hashes) the base; the others wait for its cache.
     with PartialState().main_process_first():
