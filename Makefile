@@ -55,6 +55,8 @@ bench: install
 	$(BIN)/python bench/serve_load.py
 	$(BIN)/python bench/curate_speed.py
 	$(BIN)/python bench/edge_speed.py
+	$(BIN)/python bench/grpo_gain.py
+	$(BIN)/python bench/distill.py
 
 lint: install
 	$(BIN)/ruff check src tests examples bench

@@ -552,6 +552,50 @@ def export_command(
     console.print(f"[green]exported to[/] {result.directory}: {sizes}")
 
 
+@app.command()
+def distill(
+    config_path: Annotated[Path, typer.Argument(help="niche.yaml of the student (its data, training and name).")],
+    teacher: Annotated[Path, typer.Option(help="Teacher specialist directory.")],
+    overrides: Overrides = None,
+    mode: Annotated[str, typer.Option(help="logits (KD on the teacher's distributions) or sequence.")] = "logits",
+    student_layers: Annotated[
+        str | None,
+        typer.Option(help="Make the student from the teacher's base: 'every_other' or indices like 0,2,4."),
+    ] = None,
+    inputs: Annotated[Path | None, typer.Option(help="--mode sequence: unlabeled inputs the teacher answers.")] = None,
+) -> None:
+    """Train a smaller student from a teacher specialist (logit-level KD, or on the teacher's answers)."""
+    from niche.config import load_config
+    from niche.distill import distill_logits, distill_sequences
+
+    config = load_config(config_path, overrides)
+    layers: Any = None
+    if student_layers:
+        layers = "every_other" if student_layers == "every_other" else [int(part) for part in student_layers.split(",")]
+    if mode == "logits":
+        if layers is None:
+            raise ConfigError("--mode logits: give --student-layers (the student is made from the teacher's base)")
+        result = distill_logits(config, teacher, layers)
+    elif mode == "sequence":
+        if inputs is None:
+            raise ConfigError("--mode sequence: give --inputs, the unlabeled inputs the teacher answers")
+        if layers is not None:
+            from niche.distill import student_from_layers
+            from niche.specialist import read_manifest, resolve_specialist_base
+
+            base = resolve_specialist_base(read_manifest(teacher))
+            student = student_from_layers(base, layers, config.output_dir / f"{config.name}-student-base")
+            config = config.model_copy(update={"base": str(student)})
+        result, summary = distill_sequences(config, teacher, inputs)
+        console.print(
+            f"teacher answered {summary['answered']} of {summary['inputs']} inputs; curated {summary['curated']}"
+        )
+    else:
+        raise ConfigError(f"--mode {mode!r}: expected logits or sequence")
+    metrics = result.manifest.metrics
+    console.print(f"[green]student written to[/] {result.specialist_dir} (eval loss {metrics['eval_loss']:.4f})")
+
+
 @pipeline_app.command("run")
 def pipeline_run(
     config_path: Annotated[

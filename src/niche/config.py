@@ -133,6 +133,17 @@ class GrpoSettings(_Strict):
     )
 
 
+class DistillSettings(_Strict):
+    teacher: Path | None = Field(
+        None, description="Teacher specialist; training then adds its KD loss (niche distill)."
+    )
+    kind: Literal["forward_kl", "jsd"] = Field("forward_kl", description="KL(teacher||student) or GKD's JSD.")
+    beta: float = Field(0.5, gt=0, lt=1, description="JSD interpolation between forward and reverse KL.")
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of cross-entropy on the labels; 1 - alpha for KD.")
+    temperature: float = Field(1.0, gt=0)
+    top_k: int | None = Field(None, ge=1, description="Compare only the teacher's k most likely tokens per position.")
+
+
 class TrackingSettings(_Strict):
     enabled: bool = Field(True, description="Log runs to MLflow (MLFLOW_TRACKING_URI, else ./mlflow.db).")
     experiment: str | None = Field(None, description="MLflow experiment; the specialist name when absent.")
@@ -206,6 +217,7 @@ class NicheConfig(_Strict):
     rag: RagSettings = Field(default_factory=RagSettings)
     ladder: LadderSettings = Field(default_factory=LadderSettings)
     grpo: GrpoSettings = Field(default_factory=GrpoSettings)
+    distill: DistillSettings = Field(default_factory=DistillSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
@@ -321,9 +333,11 @@ def resolve_paths(config: NicheConfig, base_dir: Path) -> NicheConfig:
         }
     )
     grpo = config.grpo.model_copy(update={"start_from": resolve(config.grpo.start_from)})
+    distill = config.distill.model_copy(update={"teacher": resolve(config.distill.teacher)})
     return config.model_copy(
         update={
             "grpo": grpo,
+            "distill": distill,
             "data": data,
             "output_dir": resolve(config.output_dir),
             "rag": rag,

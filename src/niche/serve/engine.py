@@ -198,7 +198,35 @@ class EngineCore:
         return re.sub(r"\W", "_", name) + f"_v{next(self._adapter_versions)}"
 
     def _acquire(self, name: str, busy: set[str] | None = None) -> str | None:
+        """`name`'s adapter in the model, loading it (evicting the least recently used idle one) if needed;
+        None when every slot is busy."""
+        if name == BASE_MODEL_NAME:
+            return BASE_ADAPTER
+        if name in self.loaded:
+            self.loaded.move_to_end(name)
+            return self.loaded[name]
+        busy = self._busy_adapters() if busy is None else busy
+        idle = [loaded for loaded, adapter in self.loaded.items() if adapter not in busy]  # LRU first
+        if len(self.loaded) >= self.max_loaded and not idle:
+            return None
+        adapter = self._next_adapter_name(name)
+        self._load_adapter(name, adapter)
+        while len(self.loaded) >= self.max_loaded:
+            evicted = idle.pop(0)
+            self._retire(evicted)
+            log.info("evicted specialist %s (max_loaded=%d)", evicted, self.max_loaded)
+        self._adapter_ready(adapter)
+        self.loaded[name] = adapter
+        self.adapter_revisions[adapter] = self.revisions[name]
+        log.info("loaded specialist %s", name)
+        return adapter
+
+    def _load_adapter(self, name: str, adapter: str) -> None:
+        """Load `name`'s adapter into the model under the name `adapter`."""
         raise NotImplementedError
+
+    def _adapter_ready(self, adapter: str) -> None:
+        """After a load and any eviction it caused."""
 
     def _retire(self, name: str) -> bool:
         raise NotImplementedError
@@ -413,38 +441,20 @@ class TorchEngine(EngineCore):
 
     # ---- adapters ---------------------------------------------------------------------------------------------
 
-    def _acquire(self, name: str, busy: set[str] | None = None) -> str | None:
-        """`name`'s adapter in the model, loading it (evicting the least recently used idle one) if needed;
-        None when every slot is busy."""
+    def _load_adapter(self, name: str, adapter: str) -> None:
         from peft import PeftModel
 
-        if name == BASE_MODEL_NAME:
-            return BASE_ADAPTER
-        if name in self.loaded:
-            self.loaded.move_to_end(name)
-            return self.loaded[name]
-        busy = self._busy_adapters() if busy is None else busy
-        idle = [loaded for loaded, adapter in self.loaded.items() if adapter not in busy]  # LRU first
-        if len(self.loaded) >= self.max_loaded and not idle:
-            return None
-        adapter = self._next_adapter_name(name)
         directory = str(self.specialists[name][0])
         if not isinstance(self.model, PeftModel):
             self.model = PeftModel.from_pretrained(self.model, directory, adapter_name=adapter).eval()
             self._active_adapter = adapter
         else:
             self.model.load_adapter(directory, adapter_name=adapter)
-        # Evicted after the load, so the model keeps an adapter and stays a PeftModel.
-        while len(self.loaded) >= self.max_loaded:
-            evicted = idle.pop(0)
-            self._retire(evicted)
-            log.info("evicted specialist %s (max_loaded=%d)", evicted, self.max_loaded)
+
+    def _adapter_ready(self, adapter: str) -> None:
+        # After the eviction, so the model always keeps an adapter and stays a PeftModel.
         self._prepare_for_inference(adapter)
         self._adapters_changed()
-        self.loaded[name] = adapter
-        self.adapter_revisions[adapter] = self.revisions[name]
-        log.info("loaded specialist %s", name)
-        return adapter
 
     def _prepare_for_inference(self, adapter: str) -> None:
         """Adapter weights in the base's dtype (PEFT keeps them in fp32, so every layer would cast its input

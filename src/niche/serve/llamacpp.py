@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from niche.errors import ModelError
-from niche.serve.engine import BASE_ADAPTER, BASE_MODEL_NAME, EngineCore, Generation
+from niche.serve.engine import BASE_ADAPTER, EngineCore, Generation
 
 log = logging.getLogger(__name__)
 
@@ -69,33 +69,16 @@ class LlamaCppEngine(EngineCore):
 
     # ---- adapters ---------------------------------------------------------------------------------------------
 
-    def _acquire(self, name: str, busy: set[str] | None = None) -> str | None:
+    def _load_adapter(self, name: str, adapter: str) -> None:
         import llama_cpp
 
         from niche.export import lora_gguf
 
-        if name == BASE_MODEL_NAME:
-            return BASE_ADAPTER
-        if name in self.loaded:
-            self.loaded.move_to_end(name)
-            return self.loaded[name]
-        busy = self._busy_adapters() if busy is None else busy
-        idle = [loaded for loaded, adapter in self.loaded.items() if adapter not in busy]
-        if len(self.loaded) >= self.max_loaded and not idle:
-            return None
-        directory = self.specialists[name][0]
-        path = lora_gguf(directory, self.base)
+        path = lora_gguf(self.specialists[name][0], self.base)
         handle = llama_cpp.llama_adapter_lora_init(self.llm.model, str(path).encode())
         if not handle:
             raise ModelError(f"llama.cpp could not load the LoRA {path} for {name!r}")
-        adapter = self._next_adapter_name(name)
         self.lora_handles[adapter] = handle
-        while len(self.loaded) >= self.max_loaded:
-            self._retire(idle.pop(0))
-        self.loaded[name] = adapter
-        self.adapter_revisions[adapter] = self.revisions[name]
-        log.info("loaded specialist %s (%s)", name, path.name)
-        return adapter
 
     def _retire(self, name: str) -> bool:
         if name not in self.loaded:

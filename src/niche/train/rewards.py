@@ -37,7 +37,8 @@ RewardFunction = Callable[..., list[float]]
 
 
 def _normal(text: str) -> str:
-    return " ".join(str(text).strip().lower().split())
+    """Whitespace-normalised, case kept: the comparison `niche eval` scores with, so rewards and metrics agree."""
+    return " ".join(str(text).strip().split())
 
 
 def _text(completion: Any) -> str:

@@ -308,13 +308,22 @@ def build_trainer(
 
     from niche.train.engine import PaddingCollator, RichProgressCallback, SupervisedOnlyTrainer, as_features
 
-    trainer = SupervisedOnlyTrainer(
+    options: dict[str, Any] = {}
+    trainer_class: Any = SupervisedOnlyTrainer
+    if config.distill.teacher is not None:
+        from niche.distill import DistillTrainer
+        from niche.specialist import load_specialist
+
+        teacher, _, _ = load_specialist(config.distill.teacher, hardware.device, hardware.dtype)
+        trainer_class, options = DistillTrainer, {"teacher": teacher, "settings": config.distill}
+    trainer = trainer_class(
         model=model,
         args=training_arguments(config, hardware, checkpoint_dir_for(config)),
         train_dataset=as_features(train_encoded),
         eval_dataset=as_features(validation_encoded),
         data_collator=PaddingCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
+        **options,
     )
     trainer.remove_callback(PrinterCallback)
     if show_progress:

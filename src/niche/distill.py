@@ -1,0 +1,231 @@
+"""`niche distill`: a larger specialist teaches a smaller, faster student.
+
+- Logit level (`--mode logits`, teacher and student share a tokenizer): the student trains on the same
+  examples with loss alpha * cross-entropy + (1 - alpha) * KD, where KD compares the teacher's and the
+  student's next-token distributions on the supervised positions only: forward KL(teacher || student), or the
+  generalised Jensen-Shannon divergence of GKD (`beta` interpolates between forward and reverse KL). A
+  temperature softens both (the loss is scaled by T^2, as in Hinton et al.); `top_k` keeps the teacher's k
+  most likely tokens per position (both distributions renormalised over them), bounding memory.
+- Sequence level (`--mode sequence`): the teacher answers unlabeled inputs (label specialists within their
+  label set), the rows are curated (deduplicated, rejects kept with reasons) and the student is fine-tuned
+  on them with ordinary SFT.
+
+The worked example makes the student from the teacher's own base by keeping a subset of its decoder layers
+(`--student-layers 0,2,4,...` or `every_other`), saved as a local base checkpoint next to the specialist.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from niche.config import NicheConfig
+from niche.data.template import IGNORE_INDEX
+from niche.errors import ConfigError, ModelError
+from niche.io import atomic_directory
+from niche.train.engine import SupervisedOnlyTrainer
+from niche.train.loss import causal_lm_of, supports_supervised_only_logits
+
+log = logging.getLogger(__name__)
+
+Divergence = Literal["forward_kl", "jsd"]
+
+
+def kd_loss_sum(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    kind: Divergence = "forward_kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+) -> torch.Tensor:
+    """Summed divergence between teacher and student next-token distributions, one row per position."""
+    student = student_logits.float() / temperature
+    teacher = teacher_logits.float() / temperature
+    if top_k is not None and top_k < teacher.shape[-1]:
+        teacher, indices = teacher.topk(top_k, dim=-1)
+        student = student.gather(-1, indices)
+    log_student = F.log_softmax(student, dim=-1)
+    log_teacher = F.log_softmax(teacher, dim=-1)
+    if kind == "forward_kl":
+        divergence = (log_teacher.exp() * (log_teacher - log_student)).sum(-1)
+    elif kind == "jsd":
+        if not 0 < beta < 1:
+            raise ConfigError(f"distill.beta: the JSD mixes the two distributions, so 0 < beta < 1 (got {beta})")
+        mixture = torch.logsumexp(
+            torch.stack([log_teacher + torch.log(torch.tensor(beta)), log_student + torch.log(torch.tensor(1 - beta))]),
+            dim=0,
+        )
+        divergence = beta * (log_teacher.exp() * (log_teacher - mixture)).sum(-1) + (1 - beta) * (
+            log_student.exp() * (log_student - mixture)
+        ).sum(-1)
+    else:
+        raise ConfigError(f"distill.kind: expected forward_kl or jsd, got {kind!r}")
+    return divergence.sum() * temperature**2
+
+
+def supervised_positions_logits(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Logits at the positions whose next token is supervised (prompt and padding never reach the vocabulary)."""
+    supervised = labels[:, 1:] != IGNORE_INDEX
+    if supports_supervised_only_logits(model):
+        causal_lm = causal_lm_of(model)
+        hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return causal_lm.get_output_embeddings()(hidden[:, :-1][supervised])
+    return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][supervised]
+
+
+class DistillTrainer(SupervisedOnlyTrainer):
+    """The SFT trainer with a teacher: alpha * cross-entropy + (1 - alpha) * KD on supervised positions."""
+
+    def __init__(self, *args: Any, teacher: Any, settings: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.teacher = teacher.eval()
+        self.settings = settings
+
+    def compute_loss(
+        self, model: Any, inputs: dict[str, torch.Tensor], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        settings = self.settings
+        input_ids, attention_mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
+        student_logits = supervised_positions_logits(
+            self.accelerator.unwrap_model(model), input_ids, attention_mask, labels
+        )
+        with torch.no_grad():
+            teacher_logits = supervised_positions_logits(self.teacher, input_ids, attention_mask, labels)
+        targets = labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]
+        cross_entropy = F.cross_entropy(student_logits.float(), targets, reduction="sum")
+        kd = kd_loss_sum(
+            student_logits, teacher_logits, settings.kind, settings.beta, settings.temperature, settings.top_k
+        )
+        count = num_items_in_batch if num_items_in_batch is not None else targets.numel()
+        loss = (settings.alpha * cross_entropy + (1 - settings.alpha) * kd) / count
+        return (loss, {}) if return_outputs else loss
+
+
+def student_from_layers(base: Any, keep: list[int] | str, target: Path) -> Path:
+    """A smaller base: the teacher's base with only the decoder layers in `keep` (indices, or 'every_other'),
+    saved (weights, config, tokenizer) as a local checkpoint directory niche can train on."""
+    from niche.models import load_model, load_tokenizer
+
+    model = load_model(base, torch.float32, "cpu")
+    layers = causal_lm_of(model).model.layers
+    indices = list(range(0, len(layers), 2)) if keep == "every_other" else list(keep)
+    if not indices or any(index < 0 or index >= len(layers) for index in indices) or len(set(indices)) != len(indices):
+        raise ConfigError(f"--student-layers: expected distinct indices in 0..{len(layers) - 1}, got {keep}")
+    kept = torch.nn.ModuleList(layers[index] for index in indices)
+    for position, layer in enumerate(kept):
+        if hasattr(layer, "self_attn") and hasattr(layer.self_attn, "layer_idx"):
+            layer.self_attn.layer_idx = position  # the KV cache is indexed by a layer's position in the stack
+    causal_lm_of(model).model.layers = kept
+    model.config.num_hidden_layers = len(kept)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[index] for index in indices]
+    with atomic_directory(target) as staging:
+        model.save_pretrained(staging)
+        load_tokenizer(base).save_pretrained(staging)
+        (staging / "niche-student.json").write_text(json.dumps({"from": base.spec, "layers": indices}, indent=2))
+    return target
+
+
+def distill_config(config: NicheConfig, teacher_dir: Path, student_base: Path | str) -> NicheConfig:
+    """The student's training config: the teacher's prompt template, on the student base."""
+    from niche.specialist import read_manifest
+
+    manifest = read_manifest(teacher_dir)
+    prompt = config.prompt.model_copy(
+        update={"system_prompt": manifest.template.system_prompt, "chat_template": manifest.template.chat_template}
+    )
+    return config.model_copy(update={"base": str(student_base), "prompt": prompt})
+
+
+def distill_logits(
+    config: NicheConfig, teacher_dir: Path, student_layers: list[int] | str, *, show_progress: bool = True
+) -> Any:
+    """Make the student base from the teacher's, then train the student against the teacher's distributions."""
+    from niche.models import load_tokenizer, resolve_base
+    from niche.specialist import read_manifest, resolve_specialist_base
+    from niche.train import train
+
+    teacher_base = resolve_specialist_base(read_manifest(teacher_dir))
+    student_base = student_from_layers(teacher_base, student_layers, config.output_dir / f"{config.name}-student-base")
+    if load_tokenizer(teacher_base).get_vocab() != load_tokenizer(resolve_base(str(student_base))).get_vocab():
+        raise ModelError("logit distillation needs teacher and student to share a tokenizer; use --mode sequence")
+    student_config = distill_config(config, teacher_dir, student_base)
+    student_config = student_config.model_copy(
+        update={"distill": student_config.distill.model_copy(update={"teacher": Path(teacher_dir).resolve()})}
+    )
+    return train(student_config, show_progress=show_progress)
+
+
+def read_unlabeled(path: Path) -> list[str]:
+    """Inputs to label: JSONL rows with a `text` (or `prompt`/`input`) field, or one input per line of text."""
+    from niche.errors import DataError
+
+    inputs = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        if Path(path).suffix.lower() != ".jsonl":
+            inputs.append(line.strip())
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as error:
+            raise DataError(path, f"malformed JSON ({error}); expected one object per line", line=number) from error
+        text = next((row[key] for key in ("text", "prompt", "input") if isinstance(row, dict) and row.get(key)), None)
+        if not isinstance(text, str):
+            raise DataError(path, "expected a 'text', 'prompt' or 'input' field", line=number)
+        inputs.append(text)
+    if not inputs:
+        raise DataError(path, "no inputs")
+    return inputs
+
+
+def distill_sequences(
+    config: NicheConfig, teacher_dir: Path, inputs_path: Path, *, show_progress: bool = True
+) -> tuple[Any, dict[str, Any]]:
+    """The teacher answers the inputs; the rows are curated; the student (config.base) is fine-tuned on them."""
+    from niche.data.curate import curate
+    from niche.data.examples import Example
+    from niche.data.template import TemplateEncoder
+    from niche.eval.generation import generate_answers
+    from niche.hardware import detect_hardware
+    from niche.io import write_text_atomic
+    from niche.specialist import load_specialist, read_manifest
+    from niche.train import train
+
+    manifest = read_manifest(teacher_dir)
+    hardware = detect_hardware()
+    teacher, tokenizer, _ = load_specialist(teacher_dir, hardware.device, hardware.dtype)
+    encoder = TemplateEncoder(tokenizer, manifest.template.to_template())
+    texts = read_unlabeled(inputs_path)
+    examples = [Example(messages=({"role": "user", "content": text},), response="") for text in texts]
+    labels = manifest.task.labels if manifest.task.kind == "label" else None
+    with torch.no_grad():
+        answers = generate_answers(
+            teacher, encoder, examples, batch_size=16, max_new_tokens=128, allowed_answers=labels
+        )
+    del teacher
+    work = config.output_dir / f".{config.name}.distill"
+    rows, rejected = [], 0
+    for text, answer in zip(texts, answers):
+        if not answer.strip():
+            rejected += 1
+            continue
+        rows.append({"text": text, "label": answer} if labels else {"prompt": text, "completion": answer})
+    write_text_atomic(work / "teacher_rows.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    report = curate([work / "teacher_rows.jsonl"], work / "curated")
+    student_config = distill_config(config, teacher_dir, config.base)
+    data = student_config.data.model_copy(
+        update={"train": work / "curated" / "train.jsonl", "validation": work / "curated" / "validation.jsonl"}
+    )
+    result = train(student_config.model_copy(update={"data": data}), show_progress=show_progress)
+    summary = {"inputs": len(texts), "answered": len(rows), "empty_answers": rejected, "curated": report.splits}
+    return result, summary
