@@ -99,6 +99,7 @@ def test_curate_removes_duplicates_resolves_conflicts_and_loses_nothing(tmp_path
     assert sum(len(split) for split in splits.values()) + len(rejects) == len(rows) + 1, "every row is kept or rejected"
     reasons = Counter(reject["stage"] for reject in rejects)
     assert reasons["parse"] == 1 and rejects[0]["source"].endswith(f"raw.jsonl:{len(rows) + 1}")
+    assert rejects[0]["raw"] == '{"text": "broken row"', "an unparseable line is kept as it was read"
     assert reasons["exact_duplicate"] == 2, "the whitespace variant of row 1, the repeated row 3"
     assert reasons["near_duplicate"] == 2, "the upper-case row 0, the one-word variant of row 2"
     conflict_rejects = [reject for reject in rejects if reject["stage"] == "conflict"]

@@ -83,14 +83,23 @@ def test_non_utf8_file_names_the_line(tmp_path: Path) -> None:
         + '{"text": "café", "label": "x"}'.encode("latin-1")
         + b"\n"
     )
+    result = read_examples(path)  # one bad line is one bad row, not a lost file
+    assert len(result.examples) == 1 and len(result.problems) == 1
+    assert result.problems[0].line == 2 and "caf\ufffd" in result.problems[0].raw
     with pytest.raises(DataError, match=r"latin1\.jsonl:2: not valid UTF-8"):
-        read_examples(path)
+        load_examples(path)
+    csv_path = tmp_path / "latin1.csv"
+    csv_path.write_bytes(b"text,label\n" + "café,x\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1\.csv:2: not valid UTF-8"):
+        read_examples(csv_path)
 
 
 def test_unrecognised_shape_lists_the_accepted_ones(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "d.jsonl", [{"question": "a", "answer": "b"}])
+    path = write_jsonl(tmp_path / "d.jsonl", [{"question": "a", "answer": "b"}, {"text": "t", "label": "l"}])
     with pytest.raises(DataError, match=r"d\.jsonl:1: cannot tell the row shape.*prompt\+completion"):
         load_examples(path)
+    result = read_examples(path)  # the rows after it still count
+    assert len(result.examples) == 1 and result.problems[0].raw == '{"question": "a", "answer": "b"}'
 
 
 def test_chat_row_must_end_with_the_assistant(tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from niche.distill import kd_loss_sum, student_from_layers
 from niche.errors import ConfigError
@@ -89,3 +91,62 @@ def test_logit_and_sequence_distillation_train_students_from_a_teacher(tiny_conf
     assert len(rows) == 30 and set(answered) <= set(labels)  # constrained to the teacher's label set
     student_task = read_manifest(result.specialist_dir).task
     assert student_task.kind == "label" and set(student_task.labels) <= set(labels)
+
+
+def labelling_teacher() -> tuple[FastAPI, dict]:
+    """An OpenAI-compatible teacher that labels tickets by keyword, in its own words, and refuses some."""
+    state: dict = {"systems": []}
+    app = FastAPI()
+    words = {"invoice": "Billing.", "down": "outage", "phishing": "I think this is about security"}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        messages = body["messages"]
+        state["systems"].append(messages[0]["content"] if messages[0]["role"] == "system" else None)
+        text = messages[-1]["content"]
+        if text.startswith("ticket 51"):
+            return JSONResponse({"error": {"message": "refused"}}, status_code=400)
+        content = next(answer for word, answer in words.items() if word in text)
+        return {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 20, "completion_tokens": 2, "total_tokens": 22},
+        }
+
+    return app, state
+
+
+def test_sequence_distillation_from_an_endpoint_teacher_validates_its_answers(tiny_config, tmp_path) -> None:
+    from conftest import ticket_rows, write_jsonl
+    from niche.distill import distill_sequences
+    from niche.specialist import read_manifest
+    from test_serve import running
+
+    app, state = labelling_teacher()
+    inputs = [{"text": row["text"]} for row in ticket_rows(30, 500)]
+    inputs.append({"text": ticket_rows(1, 200)[0]["text"]})  # a test row: must not become training data
+    unlabeled = write_jsonl(tmp_path / "unlabeled.jsonl", inputs)
+    with running(app) as url:
+        result, summary = distill_sequences(
+            tiny_config("name=student-api", "training.max_steps=2"),
+            f"{url}/v1",
+            unlabeled,
+            teacher_model="big-teacher",
+            concurrency=3,
+        )
+    assert set(state["systems"]) == {"Route the ticket to one of: billing, outage, security."}
+    # ticket 510-519 refused (10), phishing answers are not labels (ticket 502, 505, ... not refused: 7),
+    # the copied test row is a near duplicate of the test split (1).
+    assert summary["rejected"] == {"teacher": 10, "label": 7, "near_duplicate_test": 1}
+    assert summary["answered"] == 31 - 18 and summary["teacher_usage"]["completion_tokens"] == 2 * 21
+    work = tmp_path / "out" / ".student-api.distill"
+    rows = [json.loads(line) for line in (work / "teacher_rows.jsonl").read_text().splitlines()]
+    assert {row["label"] for row in rows} == {"billing", "outage"}  # "Billing." read as the label billing
+    assert all(row["teacher"] == f"{url}/v1#big-teacher" and row["source"] == "distilled" for row in rows)
+    rejects = [json.loads(line) for line in (work / "rejects.jsonl").read_text().splitlines()]
+    assert len(rejects) == 18 and all(reject["reason"] and reject["source"].startswith(str(unlabeled)) for reject in rejects)
+    assert read_manifest(result.specialist_dir).task.labels == ["billing", "outage"]

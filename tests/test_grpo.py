@@ -26,7 +26,9 @@ LABELS = json.dumps(["billing", "outage", "security"])
 def test_each_builtin_reward_scores_as_documented() -> None:
     completions = ["billing", "outage", "weather", "  billing  ", "Billing"]
     references = ["billing", "billing", "billing", "outage", "billing"]
-    assert label_reward(completions, references, [LABELS] * 5) == [1.0, 0.5, 0.0, 0.5, 0.0]  # as eval scores
+    assert label_reward(completions, references) == [1.0, 0.0, 0.0, 0.0, 0.0]  # as eval scores
+    label_set = build_reward({"name": "label_set"}, 4)
+    assert label_set(completions, labels=[LABELS] * 5) == [1.0, 1.0, 0.0, 1.0, 0.0]
     assert exact_match_reward(completions, references) == [1.0, 0.0, 0.0, 0.0, 0.0]
     assert token_f1_reward(["the site is down"], ["site down"]) == [pytest.approx(2 * 0.5 * 1 / 1.5)]
     schema = {"type": "object", "properties": {"severity": {"enum": ["low", "high"]}}, "required": ["severity"]}

@@ -198,8 +198,27 @@ def test_pipeline_tracks_skips_unchanged_stages_and_reruns_a_failed_stage_alone(
     assert "| register | ran |" in report and "**Decision:**" in report
 
 
+def test_runs_go_to_a_sqlite_store_in_the_working_directory_by_default(tiny_config, tmp_path, monkeypatch) -> None:
+    from niche.train import train
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    result = train(tiny_config("name=default_store", "training.max_steps=2"), show_progress=False)
+    assert (work / "mlflow.db").is_file() and (work / "mlruns").is_dir()
+    client = tracking.client()
+    assert client.tracking_uri == f"sqlite:///{work / 'mlflow.db'}"
+    runs = client.search_runs([client.get_experiment_by_name("default_store").experiment_id])
+    assert [run.info.run_id for run in runs] == [result.run_id]
+    assert runs[0].data.params["training.max_steps"] == "2"
+    assert any(item.path == "specialist/niche.json" for item in client.list_artifacts(result.run_id, "specialist"))
+
+
 def test_pipeline_without_tracking_deploys_the_champion_to_output_dir(tmp_path, tiny_base, monkeypatch) -> None:
     monkeypatch.setenv("NICHE_TRACKING", "off")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # so that a run that tracked anyway would land in ./mlflow.db
+    monkeypatch.chdir(tmp_path)
     data = tmp_path / "data"
     data.mkdir()
     write_jsonl(data / "rows.jsonl", ticket_rows(45))
@@ -208,6 +227,23 @@ def test_pipeline_without_tracking_deploys_the_champion_to_output_dir(tmp_path, 
     assert result.run_id is None and result.promoted and result.decision.get("version") is None
     assert (config.specialist_dir / "adapter_model.safetensors").is_file()
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_failed_run_leaves_the_new_data_to_the_next_check(tmp_path, tiny_base) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "rows.jsonl", ticket_rows(45))
+    out = tmp_path / "out"
+    broken = pipeline_config(tiny_base, out, "watch_fail", "training.max_steps=2", "pipeline.gate.metric=bleu")
+    first = watch_once(broken, data, show_progress=False)
+    assert first.check.fire and first.pipeline is None
+    assert "stage 'gate' failed" in first.failure
+    again = watch_once(broken, data, show_progress=False)  # nothing was consumed: the trigger fires again
+    assert again.check.fire and again.check.new_rows == 45 and again.failure is not None
+    history = json.loads((out / ".pipeline" / "watch_fail" / "watch.json").read_text())["history"]
+    assert [("failure" in entry) for entry in history] == [True, True]
+    fixed = watch_once(pipeline_config(tiny_base, out, "watch_fail", "training.max_steps=2"), data, show_progress=False)
+    assert fixed.failure is None and fixed.pipeline is not None and fixed.pipeline.promoted
 
 
 def test_pipeline_and_registry_from_the_command_line(tmp_path, tiny_base) -> None:

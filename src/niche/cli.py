@@ -555,7 +555,12 @@ def export_command(
 @app.command()
 def distill(
     config_path: Annotated[Path, typer.Argument(help="niche.yaml of the student (its data, training and name).")],
-    teacher: Annotated[Path, typer.Option(help="Teacher specialist directory.")],
+    teacher: Annotated[
+        str,
+        typer.Option(
+            help="Teacher: a specialist directory; with --mode sequence also an OpenAI-compatible base URL or local:NAME."
+        ),
+    ],
     overrides: Overrides = None,
     mode: Annotated[str, typer.Option(help="logits (KD on the teacher's distributions) or sequence.")] = "logits",
     student_layers: Annotated[
@@ -563,6 +568,8 @@ def distill(
         typer.Option(help="Make the student from the teacher's base: 'every_other' or indices like 0,2,4."),
     ] = None,
     inputs: Annotated[Path | None, typer.Option(help="--mode sequence: unlabeled inputs the teacher answers.")] = None,
+    teacher_model: Annotated[str | None, typer.Option(help="Model name to ask an endpoint teacher for.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight to an endpoint teacher.")] = 4,
 ) -> None:
     """Train a smaller student from a teacher specialist (logit-level KD, or on the teacher's answers)."""
     from niche.config import load_config
@@ -575,20 +582,25 @@ def distill(
     if mode == "logits":
         if layers is None:
             raise ConfigError("--mode logits: give --student-layers (the student is made from the teacher's base)")
-        result = distill_logits(config, teacher, layers)
+        result = distill_logits(config, Path(teacher), layers)
     elif mode == "sequence":
         if inputs is None:
             raise ConfigError("--mode sequence: give --inputs, the unlabeled inputs the teacher answers")
         if layers is not None:
             from niche.distill import student_from_layers
-            from niche.specialist import read_manifest, resolve_specialist_base
+            from niche.models import resolve_base
+            from niche.specialist import MANIFEST_NAME, read_manifest, resolve_specialist_base
 
-            base = resolve_specialist_base(read_manifest(teacher))
+            local = (Path(teacher) / MANIFEST_NAME).is_file()
+            base = resolve_specialist_base(read_manifest(Path(teacher))) if local else resolve_base(config.base)
             student = student_from_layers(base, layers, config.output_dir / f"{config.name}-student-base")
             config = config.model_copy(update={"base": str(student)})
-        result, summary = distill_sequences(config, teacher, inputs)
+        result, summary = distill_sequences(
+            config, teacher, inputs, teacher_model=teacher_model, concurrency=concurrency
+        )
         console.print(
-            f"teacher answered {summary['answered']} of {summary['inputs']} inputs; curated {summary['curated']}"
+            f"teacher answered {summary['answered']} of {summary['inputs']} inputs usably "
+            f"(rejected {summary['rejected'] or 'none'}); curated {summary['curated']}"
         )
     else:
         raise ConfigError(f"--mode {mode!r}: expected logits or sequence")
@@ -652,9 +664,14 @@ def watch(
         )
         if outcome.pipeline is not None:
             _print_pipeline(outcome.pipeline)
+        if outcome.failure is not None:
+            console.print(f"[red]pipeline run failed[/] (the next check tries again): {outcome.failure}")
 
     if once:
-        show(watch_once(config, data_dir))
+        outcome = watch_once(config, data_dir)
+        show(outcome)
+        if outcome.failure is not None:
+            raise typer.Exit(1)
         return
     console.print(f"watching {data_dir} (Ctrl-C to stop)")
     try:

@@ -188,44 +188,142 @@ def read_unlabeled(path: Path) -> list[str]:
     return inputs
 
 
-def distill_sequences(
-    config: NicheConfig, teacher_dir: Path, inputs_path: Path, *, show_progress: bool = True
-) -> tuple[Any, dict[str, Any]]:
-    """The teacher answers the inputs; the rows are curated; the student (config.base) is fine-tuned on them."""
-    from niche.data.curate import curate
+def _is_specialist(teacher: Path | str) -> bool:
+    from niche.specialist import MANIFEST_NAME
+
+    return not str(teacher).startswith(("http://", "https://", "local:")) and (Path(teacher) / MANIFEST_NAME).is_file()
+
+
+def _specialist_answers(teacher_dir: Path, texts: list[str]) -> tuple[list[str | None], list[str] | None]:
+    """A local specialist answers with its stored template, label specialists only within their label set."""
     from niche.data.examples import Example
     from niche.data.template import TemplateEncoder
     from niche.eval.generation import generate_answers
     from niche.hardware import detect_hardware
-    from niche.io import write_text_atomic
     from niche.specialist import load_specialist, read_manifest
-    from niche.train import train
 
     manifest = read_manifest(teacher_dir)
     hardware = detect_hardware()
     teacher, tokenizer, _ = load_specialist(teacher_dir, hardware.device, hardware.dtype)
     encoder = TemplateEncoder(tokenizer, manifest.template.to_template())
-    texts = read_unlabeled(inputs_path)
     examples = [Example(messages=({"role": "user", "content": text},), response="") for text in texts]
     labels = manifest.task.labels if manifest.task.kind == "label" else None
     with torch.no_grad():
-        answers = generate_answers(
-            teacher, encoder, examples, batch_size=16, max_new_tokens=128, allowed_answers=labels
-        )
-    del teacher
-    work = config.output_dir / f".{config.name}.distill"
-    rows, rejected = [], 0
-    for text, answer in zip(texts, answers):
-        if not answer.strip():
-            rejected += 1
+        answers = generate_answers(teacher, encoder, examples, batch_size=16, max_new_tokens=128, allowed_answers=labels)
+    return list(answers), labels
+
+
+def _endpoint_answers(
+    teacher: str, teacher_model: str | None, system: str | None, texts: list[str], concurrency: int
+) -> tuple[list[str | None], list[str], dict[str, int]]:
+    """An OpenAI-compatible endpoint (or `local:NAME`) answers each input, `concurrency` at a time, greedily.
+
+    A request that still fails after the client's retries leaves its input unanswered (None) with the reason,
+    so one dead request costs one row, not the run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from niche.synth import TeacherError, make_teacher
+
+    client = make_teacher(teacher, teacher_model)
+    usage = {"prompt_tokens": 0, "completion_tokens": 0, "retries": 0}
+    failures: list[str] = [""] * len(texts)
+
+    def answer(index: int) -> str | None:
+        try:
+            reply = client.complete(
+                texts[index], temperature=0.0, max_tokens=256, seed=index, schema=None, system=system
+            )
+        except TeacherError as error:
+            failures[index] = str(error)
+            return None
+        usage["prompt_tokens"] += reply.prompt_tokens
+        usage["completion_tokens"] += reply.completion_tokens
+        usage["retries"] += reply.retries
+        return reply.text.strip()
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        answers = list(pool.map(answer, range(len(texts))))
+    return answers, failures, usage
+
+
+def _canonical_label(answer: str, labels: list[str]) -> str:
+    """A teacher's free-text answer as the label it names (case and surrounding punctuation aside)."""
+    cleaned = answer.strip().strip(".'\"`*").strip()
+    by_lower = {label.lower(): label for label in labels}
+    return by_lower.get(cleaned.lower(), cleaned)
+
+
+def distill_sequences(
+    config: NicheConfig,
+    teacher: Path | str,
+    inputs_path: Path,
+    *,
+    teacher_model: str | None = None,
+    concurrency: int = 4,
+    show_progress: bool = True,
+) -> tuple[Any, dict[str, Any]]:
+    """The teacher answers the inputs; the rows pass synth's validation and curation; the student is fine-tuned.
+
+    The teacher is a local specialist directory (its stored template, label specialists constrained to their
+    label set, and the student inherits that template) or an OpenAI-compatible endpoint / `local:NAME`, which
+    is sent the student's own system prompt; its answers must then be labels of the student's training data.
+    Every input that does not become a training row is in `.NAME.distill/rejects.jsonl` with the reason."""
+    from niche.data.curate import curate
+    from niche.data.template import system_prompt_with_labels
+    from niche.data.formats import load_examples
+    from niche.io import write_text_atomic
+    from niche.synth import SynthSettings, Validator
+    from niche.train import train
+    from niche.train.sft import prepare_data
+
+    texts = read_unlabeled(inputs_path)
+    usage: dict[str, int] = {}
+    if _is_specialist(teacher):
+        answers, labels = _specialist_answers(Path(teacher), texts)
+        failures = [""] * len(texts)
+        student_config = distill_config(config, Path(teacher), config.base)
+        teacher_name = str(Path(teacher).resolve())
+    else:
+        data = prepare_data(config)
+        labels = data.labels
+        system = system_prompt_with_labels(config.prompt.system_prompt, labels)
+        answers, failures, usage = _endpoint_answers(str(teacher), teacher_model, system, texts, concurrency)
+        student_config = config
+        teacher_name = f"{teacher}#{teacher_model}" if teacher_model else str(teacher)
+    tests = load_examples(config.data.test, config.data.format, config.data.fields).examples if config.data.test else []
+    validator = Validator(SynthSettings(), labels or [], [], tests)
+    rows, rejects = [], []
+    for number, (text, answer) in enumerate(zip(texts, answers), start=1):
+        source = f"{inputs_path}:{number}"
+        if answer is None:
+            rejects.append({"source": source, "text": text, "kind": "teacher", "reason": failures[number - 1]})
             continue
-        rows.append({"text": text, "label": answer} if labels else {"prompt": text, "completion": answer})
+        row = {"text": text, "label": _canonical_label(answer, labels)} if labels else {"prompt": text, "completion": answer}
+        problem = validator.check(row)
+        if problem is not None:
+            rejects.append({"source": source, "row": row, "kind": problem[0], "reason": problem[1]})
+            continue
+        rows.append(row | {"source": "distilled", "teacher": teacher_name})
+    work = config.output_dir / f".{config.name}.distill"
     write_text_atomic(work / "teacher_rows.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    write_text_atomic(work / "rejects.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rejects))
+    if len(rows) < 3:
+        raise ModelError(
+            f"the teacher gave only {len(rows)} usable answers for {len(texts)} inputs; see {work / 'rejects.jsonl'}"
+        )
     report = curate([work / "teacher_rows.jsonl"], work / "curated")
-    student_config = distill_config(config, teacher_dir, config.base)
     data = student_config.data.model_copy(
         update={"train": work / "curated" / "train.jsonl", "validation": work / "curated" / "validation.jsonl"}
     )
     result = train(student_config.model_copy(update={"data": data}), show_progress=show_progress)
-    summary = {"inputs": len(texts), "answered": len(rows), "empty_answers": rejected, "curated": report.splits}
+    rejected: dict[str, int] = {}
+    for reject in rejects:
+        rejected[reject["kind"]] = rejected.get(reject["kind"], 0) + 1
+    summary = {
+        "inputs": len(texts),
+        "answered": len(rows),
+        "rejected": rejected,
+        "curated": report.splits,
+        "teacher_usage": usage,
+    }
     return result, summary

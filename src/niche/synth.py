@@ -93,7 +93,14 @@ class Teacher(Protocol):
     name: str
 
     def complete(
-        self, prompt: str, *, temperature: float, max_tokens: int, seed: int, schema: dict[str, Any] | None
+        self,
+        prompt: str,
+        *,
+        temperature: float,
+        max_tokens: int,
+        seed: int,
+        schema: dict[str, Any] | None,
+        system: str | None = None,
     ) -> TeacherReply: ...
 
 
@@ -125,7 +132,14 @@ class OpenAITeacher:
         self.structured = structured
 
     def complete(
-        self, prompt: str, *, temperature: float, max_tokens: int, seed: int, schema: dict[str, Any] | None
+        self,
+        prompt: str,
+        *,
+        temperature: float,
+        max_tokens: int,
+        seed: int,
+        schema: dict[str, Any] | None,
+        system: str | None = None,
     ) -> TeacherReply:
         options: dict[str, Any] = {}
         if schema is not None and self.structured:
@@ -135,7 +149,7 @@ class OpenAITeacher:
             try:
                 response = self.client.chat.completions.create(
                     model=self.model,
-                    messages=[{"role": "user", "content": prompt}],
+                    messages=_messages(prompt, system),
                     temperature=temperature,
                     max_tokens=max_tokens,
                     seed=seed,
@@ -162,6 +176,10 @@ class OpenAITeacher:
             # Exponential backoff with jitter, or the server's Retry-After when it gives one.
             time.sleep(wait if wait is not None else self.backoff_s * 2**retries * (0.5 + random.random()))
             retries += 1
+
+
+def _messages(prompt: str, system: str | None) -> list[dict[str, str]]:
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
 
 def _retry_after(error: Exception) -> float | None:
@@ -192,12 +210,19 @@ class LocalTeacher:
         self.lock = threading.Lock()
 
     def complete(
-        self, prompt: str, *, temperature: float, max_tokens: int, seed: int, schema: dict[str, Any] | None
+        self,
+        prompt: str,
+        *,
+        temperature: float,
+        max_tokens: int,
+        seed: int,
+        schema: dict[str, Any] | None,
+        system: str | None = None,
     ) -> TeacherReply:
         import torch
 
         ids = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+            _messages(prompt, system), add_generation_prompt=True, return_tensors="pt", return_dict=True
         )["input_ids"].to(self.model.device)
         with self.lock, torch.no_grad():
             torch.manual_seed(seed)
@@ -558,6 +583,7 @@ def synthesize(
             "kind": "bad_seed",
             "source": f"{problem.path}:{problem.line}",
             "reason": problem.message,
+            "raw": problem.raw,
         }
         for problem in (seed_result.problems if seed_result else [])
     ]

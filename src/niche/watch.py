@@ -32,7 +32,7 @@ from niche.data.examples import Example
 from niche.data.formats import read_examples
 from niche.errors import ConfigError
 from niche.io import write_json_atomic, write_text_atomic
-from niche.pipeline import PipelineResult, example_files, run_pipeline
+from niche.pipeline import PipelineResult, StageFailed, example_files, run_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,7 @@ def champion_quality(config: NicheConfig, scratch: Path) -> Callable[[list[Examp
 class WatchOutcome:
     check: TriggerCheck
     pipeline: PipelineResult | None = None
+    failure: str | None = None  # the run failed; the data stays unconsumed, so the next check fires again
 
 
 def watch_once(config: NicheConfig, data_dir: Path, *, show_progress: bool = True) -> WatchOutcome:
@@ -186,9 +187,14 @@ def watch_once(config: NicheConfig, data_dir: Path, *, show_progress: bool = Tru
     history.append({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **asdict(check)})
     outcome = WatchOutcome(check)
     if check.fire:
-        outcome.pipeline = run_pipeline(config, show_progress=show_progress)
-        state["snapshot"] = snapshot_of(examples).to_json()
-        history[-1]["decision"] = outcome.pipeline.decision
+        try:
+            outcome.pipeline = run_pipeline(config, show_progress=show_progress)
+        except StageFailed as error:
+            log.error("watch: the pipeline run failed: %s", error)
+            outcome.failure = history[-1]["failure"] = str(error)
+        else:
+            state["snapshot"] = snapshot_of(examples).to_json()
+            history[-1]["decision"] = outcome.pipeline.decision
     state["history"] = history[-100:]
     write_json_atomic(state_path, state)
     return outcome

@@ -72,6 +72,7 @@ class Reject:
     stage: str
     reason: str
     row: dict[str, Any] | None = None
+    raw: str | None = None  # an unparseable line as it was read
 
 
 @dataclass
@@ -206,7 +207,7 @@ def curate(inputs: list[Path], out_dir: Path, settings: CurateSettings | None = 
     for path in inputs:
         result = read_examples(path, settings.format)
         for problem in result.problems:
-            rejects.append(Reject(f"{problem.path}:{problem.line}", "parse", problem.message))
+            rejects.append(Reject(f"{problem.path}:{problem.line}", "parse", problem.message, raw=problem.raw))
         examples += result.examples
     report.stages["read"] = len(examples) + sum(1 for reject in rejects if reject.stage == "parse")
     report.stages["parse_errors"] = len(rejects)

@@ -26,6 +26,7 @@ class Problem:
     path: Path
     line: int | None
     message: str
+    raw: str | None = None  # the row as read, so a rejects file loses nothing
 
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line is not None else str(self.path)
@@ -146,41 +147,44 @@ def _rename(row: dict[str, Any], fields: dict[str, str]) -> dict[str, Any]:
     return renamed
 
 
-def _decode_lines(path: Path) -> Iterator[tuple[int, str]]:
+def _decode_lines(path: Path) -> Iterator[tuple[int, str | Problem]]:
+    """Each line as text, or a Problem (with the line as best decoded) where it is not valid UTF-8."""
     data = path.read_bytes()
     for number, raw in enumerate(data.splitlines(), start=1):
+        encoding = "utf-8-sig" if number == 1 else "utf-8"
         try:
-            yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            yield number, raw.decode(encoding)
         except UnicodeDecodeError as error:
-            raise DataError(
-                path, f"not valid UTF-8 (byte {error.start}); save the file as UTF-8", line=number
-            ) from error
+            message = f"not valid UTF-8 (byte {error.start}); save the file as UTF-8"
+            yield number, Problem(path, number, message, raw.decode(encoding, errors="replace"))
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
     for number, text in _decode_lines(path):
+        if isinstance(text, Problem):
+            yield number, text
+            continue
         if not text.strip():
             continue
         try:
             row = json.loads(text)
         except json.JSONDecodeError as error:
-            yield (
-                number,
-                Problem(
-                    path,
-                    number,
-                    f"malformed JSON ({error.msg} at column {error.colno}); expected one JSON object per line",
-                ),
-            )
+            message = f"malformed JSON ({error.msg} at column {error.colno}); expected one JSON object per line"
+            yield number, Problem(path, number, message, text)
             continue
         if not isinstance(row, dict):
-            yield number, Problem(path, number, f"expected a JSON object, found {type(row).__name__}")
+            yield number, Problem(path, number, f"expected a JSON object, found {type(row).__name__}", text)
             continue
         yield number, row
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
-    text = "\n".join(line for _, line in _decode_lines(path))
+    lines = []
+    for number, line in _decode_lines(path):
+        if isinstance(line, Problem):  # a CSV's line numbers must stay aligned: one bad line fails the file
+            raise DataError(path, line.message, line=number)
+        lines.append(line)
+    text = "\n".join(lines)
     reader = csv.DictReader(io.StringIO(text))
     if not reader.fieldnames:
         return
@@ -196,7 +200,10 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
             yield (
                 reader.line_num,
                 Problem(
-                    path, reader.line_num, f"row has more cells than the header's {len(reader.fieldnames)} columns"
+                    path,
+                    reader.line_num,
+                    f"row has more cells than the header's {len(reader.fieldnames)} columns",
+                    _raw(row),
                 ),
             )
             continue
@@ -224,23 +231,27 @@ def read_examples(path: Path | str, format: str = "auto", fields: dict[str, str]
         if parser is None:
             detected = detect_format(set(row))
             if detected is None:
-                raise DataError(
-                    path,
+                message = (
                     f"cannot tell the row shape from fields {sorted(row)}; expected one of "
                     + ", ".join("+".join(keys) for _, keys in SHAPE_KEYS)
-                    + " (or map your columns with data.fields)",
-                    line=number,
+                    + " (or map your columns with data.fields)"
                 )
+                result.problems.append(Problem(path, number, message, _raw(row)))
+                continue
             result.format, parser = detected, PARSERS[detected]
         try:
             example = parser(row)
         except ValueError as error:
-            result.problems.append(Problem(path, number, f"{error} (format {result.format})"))
+            result.problems.append(Problem(path, number, f"{error} (format {result.format})", _raw(row)))
             continue
         result.examples.append(_with_source(example, f"{path}:{number}"))
     if not result.examples and not result.problems:
         raise DataError(path, "file has no examples (only blank lines or a header)")
     return result
+
+
+def _raw(row: dict[str, Any]) -> str:
+    return json.dumps(row, ensure_ascii=False, default=str)
 
 
 def _with_source(example: Example, source: str) -> Example:

@@ -118,6 +118,13 @@ def build_template(
     tokenizer: Any, system_prompt: str | None, chat_template: str | None, labels: list[str] | None
 ) -> PromptTemplate:
     """Freeze the template for a specialist: '{labels}' in the system prompt becomes the label list."""
+    return PromptTemplate(
+        chat_template=chat_template or default_chat_template(tokenizer),
+        system_prompt=system_prompt_with_labels(system_prompt, labels),
+    )
+
+
+def system_prompt_with_labels(system_prompt: str | None, labels: list[str] | None) -> str | None:
     if system_prompt and labels:
-        system_prompt = system_prompt.replace("{labels}", ", ".join(labels))
-    return PromptTemplate(chat_template=chat_template or default_chat_template(tokenizer), system_prompt=system_prompt)
+        return system_prompt.replace("{labels}", ", ".join(labels))
+    return system_prompt

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 def default_rewards(task_kind: str) -> list[dict[str, Any]]:
     return {
-        "label": [{"name": "label", "weight": 1.0}, {"name": "length", "weight": 0.2, "max_words": 4}],
+        "label": [{"name": "label", "weight": 1.0}, {"name": "label_set", "weight": 0.2}],
         "json": [{"name": "json", "weight": 0.5}, {"name": "exact_match", "weight": 1.0}],
     }.get(task_kind, [{"name": "token_f1", "weight": 1.0}])
 
@@ -120,6 +120,10 @@ def train_grpo(config: NicheConfig, *, show_progress: bool = True) -> Any:
         beta=settings.kl,
         reward_weights=[float(spec.get("weight", 1.0)) for spec in rewards],
         learning_rate=config.training.learning_rate,
+        lr_scheduler_type=config.training.scheduler,
+        warmup_steps=config.training.warmup_ratio,
+        weight_decay=config.training.weight_decay,
+        max_grad_norm=config.training.max_grad_norm,
         max_steps=config.training.max_steps if config.training.max_steps > 0 else -1,
         num_train_epochs=config.training.epochs,
         logging_steps=1,
@@ -130,6 +134,8 @@ def train_grpo(config: NicheConfig, *, show_progress: bool = True) -> Any:
         use_cpu=hardware.device == "cpu",
         remove_unused_columns=False,
         disable_tqdm=True,
+        # TRL turns checkpointing on by default; for LoRA on a small model it only re-computes activations.
+        gradient_checkpointing=False,
     )
     tracking_on = config.tracking.enabled and PartialState().is_main_process
     with tracked_run(config.experiment, "train", enabled=tracking_on, run_name=f"grpo {config.name}") as tracker:

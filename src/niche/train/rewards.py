@@ -4,7 +4,10 @@ A reward sees one generation batch: the completions (group_size per prompt, cons
 columns niche adds to every prompt row (`reference`: the expected answer, `labels`: the label set). Built-in
 rewards, by the name a config uses:
 
-- `label`: 1 when the completion is the reference label, 0.5 when it is another label of the set, else 0.
+- `label`: 1 when the completion is the reference label, else 0. A wrong label earns nothing: a partial score
+  for "some label" would, once the format is learned, push the policy towards whatever label it already
+  prefers (in a group of seven wrong labels and one junk answer the wrong labels get the positive advantage).
+- `label_set`: 1 when the completion is any label of the set (format), else 0; weight it lightly.
 - `exact_match`: 1 when the normalised completion equals the reference.
 - `token_f1`: token-level F1 against the reference.
 - `json`: 1 when the completion parses as JSON (and, with `schema`, validates against it).
@@ -48,12 +51,15 @@ def _text(completion: Any) -> str:
     return str(completion)
 
 
-def label_reward(completions: Sequence[Any], reference: Sequence[str], labels: Sequence[Any], **_: Any) -> list[float]:
+def label_reward(completions: Sequence[Any], reference: Sequence[str], **_: Any) -> list[float]:
+    return [float(_normal(_text(completion)) == _normal(expected)) for completion, expected in zip(completions, reference)]
+
+
+def label_set_reward(completions: Sequence[Any], labels: Sequence[Any], **_: Any) -> list[float]:
     rewards = []
-    for completion, expected, label_set in zip(completions, reference, labels):
-        answer = _normal(_text(completion))
+    for completion, label_set in zip(completions, labels):
         known = {_normal(label) for label in (json.loads(label_set) if isinstance(label_set, str) else label_set)}
-        rewards.append(1.0 if answer == _normal(expected) else 0.5 if answer in known else 0.0)
+        rewards.append(float(_normal(_text(completion)) in known))
     return rewards
 
 
@@ -250,6 +256,7 @@ def build_reward(spec: dict[str, Any], group_size: int) -> RewardFunction:
     name = spec.get("name")
     builders: dict[str, Callable[[], RewardFunction]] = {
         "label": lambda: label_reward,
+        "label_set": lambda: label_set_reward,
         "exact_match": lambda: exact_match_reward,
         "token_f1": lambda: token_f1_reward,
         "json": lambda: json_reward(options.get("schema")),
