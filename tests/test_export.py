@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import REPO
 from niche.config import load_config
@@ -104,6 +105,25 @@ def test_merged_export_loads_with_automodel_and_matches_the_specialist(tiny_spec
     assert tokenizer.chat_template == read_manifest(tiny_specialist).template.chat_template
     recorded = json.loads((tmp_path / "merged" / "export.json").read_text())
     assert recorded["parity"][0]["identical_rate"] == 1.0 and recorded["quant"] == "fp32"
+
+
+def test_an_export_that_breaks_parity_fails_loudly_and_writes_nothing(tiny_specialist, tmp_path, monkeypatch) -> None:
+    import niche.export as export
+
+    merge = export.merge_into_base
+
+    def damaged_merge(specialist_dir, out_dir):  # a merge that went wrong, as a broken converter would
+        model = merge(specialist_dir, out_dir)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * parameter.std())
+        return model
+
+    monkeypatch.setattr(export, "merge_into_base", damaged_merge)
+    with pytest.raises(ParityError, match="merged"):
+        export_specialist(tiny_specialist, "merged", tmp_path / "broken")
+    assert not (tmp_path / "broken").exists() and not list(tmp_path.glob("*broken*"))
 
 
 def test_vllm_export_checks_the_adapter_and_writes_the_command(tiny_specialist, tmp_path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import LABELS, ticket_rows, write_jsonl
+from conftest import LABELS, REPO, ticket_rows, write_jsonl
 from niche.config import load_config
 from niche.errors import ConfigError, DataError
 from niche.ladder import Rung, recommend, run_ladder, write_ladder_report
@@ -169,8 +169,7 @@ def test_ladder_runs_every_rung_and_writes_the_report(tmp_path, tiny_base, handb
         tmp_path / "test.jsonl",
         [{**row, "passage": "security.txt" if row["label"] == "security" else row["passage"]} for row in test_rows],
     )
-    general = tmp_path / "general.txt"
-    general.write_text("the river runs to the sea\nmountains are high in spring\n")
+    general = REPO.parent / "shared" / "datasets" / "wiki-sentences" / "all_wiki_sents.txt"  # real general text
     config = load_config(
         None,
         [
@@ -190,6 +189,7 @@ def test_ladder_runs_every_rung_and_writes_the_report(tmp_path, tiny_base, handb
             "rag.overlap=40",
             "rag.relevant_field=passage",
             f"ladder.general_text={general}",
+            "ladder.general_lines=24",
             "ladder.latency_requests=2",
             "ladder.target=0.8",
         ],
@@ -202,6 +202,7 @@ def test_ladder_runs_every_rung_and_writes_the_report(tmp_path, tiny_base, handb
     assert report.retrieval["recall@1"] == pytest.approx(1.0) and report.retrieval["chunks"] == 4
     assert set(report.forgetting) >= {"base", "specialist", "accuracy_relative_change", "forgetting"}
     assert report.forgetting["base"]["perplexity"] > 1 and report.labels == LABELS
+    assert report.forgetting["general_text_lines"] == 24
     out = write_ladder_report(report, tmp_path / "report")
     page = (out / "ladder.html").read_text()
     assert len(re.findall(r'src="data:image/png;base64,', page)) == 5 and "Recommendation:" in page

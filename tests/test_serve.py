@@ -187,6 +187,22 @@ def test_api_keys_body_limit_and_public_health(engine) -> None:
             ask(client, "router", "x" * 5000)
         assert too_big.value.status_code == 413
         assert http_json("GET", f"{url}/health")["status"] == "ok"
+        # Chunked bodies state no length: the limit still holds, and a small chunked request still works.
+        for text, status in (("x" * 5000, 413), ("ticket 2: site is down again", 200)):
+            body = json.dumps({"model": "router", "messages": [{"role": "user", "content": text}], "max_tokens": 4})
+            request = urllib.request.Request(
+                f"{url}/v1/chat/completions",
+                data=iter([body[:100].encode(), body[100:].encode()]),
+                headers={"Authorization": "Bearer secret", "Content-Type": "application/json"},
+                method="POST",
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    got, reply = response.status, json.loads(response.read())
+            except urllib.error.HTTPError as error:
+                got, reply = error.code, json.loads(error.read())
+            assert got == status, reply
+        assert reply["choices"][0]["message"]["content"] == "outage"
 
 
 def test_metrics_count_requests_tokens_and_loaded_adapters(server) -> None:
@@ -280,6 +296,67 @@ def test_requests_for_different_specialists_share_one_batch_and_match_solo_answe
     assert together == solo
     assert solo[:3] == ["billing", "BILLING", "bread"]
     assert engine.peak_rows > max(peak_before, 1)
+
+
+def test_concurrent_clients_for_several_specialists_get_their_own_answers(server) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine, client = server
+    questions = [
+        ("router", "ticket 7: invoice charged twice"),
+        ("shouter", "ticket 8: site is down again"),
+        ("chef", "which dressing goes with a green salad and goat cheese"),
+        (BASE_MODEL_NAME, "ticket 9: phishing email received"),
+    ] * 3
+    solo = [ask(client, model, text).choices[0].message.content for model, text in questions]
+    assert solo[:3] == ["billing", "OUTAGE", "salad"]
+
+    def streamed(model: str, text: str) -> str:
+        chunks = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": text}], temperature=0, max_tokens=8, stream=True
+        )
+        return "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+
+    engine.peak_rows, engine.max_loaded = 0, 4
+    try:
+        with ThreadPoolExecutor(max_workers=len(questions)) as pool:
+            futures = [
+                pool.submit(streamed if index % 2 else lambda m, t: ask(client, m, t).choices[0].message.content, *q)
+                for index, q in enumerate(questions)
+            ]
+            together = [future.result() for future in futures]
+    finally:
+        engine.max_loaded = 1
+    assert together == solo
+    assert engine.peak_rows > 1, "the concurrent requests were decoded together"
+
+
+def test_prompts_of_very_different_lengths_prefill_in_separate_passes_with_the_same_answers(engine) -> None:
+    from niche.serve.engine import PREFILL_PADDING_TOLERANCE, length_groups
+
+    long_text = "ticket 11: " + "the site is down again and customers cannot log in, " * 4 + "please help"
+    questions = [
+        ("router", "ticket 7: invoice charged twice"),
+        ("router", long_text),
+        (BASE_MODEL_NAME, "ticket 9: phishing email received"),
+        (BASE_MODEL_NAME, long_text),
+    ]
+    params = SamplingParams(max_tokens=6, temperature=0)
+    solo = [engine.complete(model, [{"role": "user", "content": text}], params).text for model, text in questions]
+    engine.max_loaded = 3
+    try:
+        before = engine.forward_calls["prefill"]
+        pending = [engine.submit(model, [{"role": "user", "content": text}], params) for model, text in questions]
+        together = [generation.result().text for generation in pending]
+        passes = engine.forward_calls["prefill"] - before
+    finally:
+        engine.max_loaded = 1
+    assert together == solo
+    assert 2 <= passes <= 4, "short and long prompts ran in separate prefill passes"
+    lengths = [40, 3, 38, 30, 5, 14]
+    groups = length_groups(lengths, lambda length: length)
+    assert groups == [[40, 38, 30], [14, 5, 3]]
+    assert all(group[0] - group[-1] <= PREFILL_PADDING_TOLERANCE for group in groups)
 
 
 def test_a_request_joins_a_batch_that_is_already_decoding(engine) -> None:

@@ -172,12 +172,17 @@ def create_app(
                     code="invalid_api_key",
                 )
         length = request.headers.get("content-length")
+        too_large = f"request body of {{}} bytes exceeds the limit of {settings.max_body_bytes}"
         if length and length.isdigit() and int(length) > settings.max_body_bytes:
-            return error_response(
-                413,
-                f"request body of {length} bytes exceeds the limit of {settings.max_body_bytes}",
-                "invalid_request_error",
-            )
+            return error_response(413, too_large.format(length), "invalid_request_error")
+        if length is None and request.method in ("POST", "PUT", "PATCH"):
+            # A chunked body states no length: count it as it arrives, and stop reading past the limit.
+            received = bytearray()
+            async for chunk in request.stream():
+                received += chunk
+                if len(received) > settings.max_body_bytes:
+                    return error_response(413, too_large.format(f"over {len(received)}"), "invalid_request_error")
+            request._body = bytes(received)  # Starlette hands the read body on to the endpoint
         response = await call_next(request)
         model = getattr(request.state, "model", "")
         seconds = time.perf_counter() - started

@@ -19,7 +19,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -608,30 +608,42 @@ class TorchEngine(EngineCore):
     def _prefill(self, admitted: list[Generation]) -> None:
         """Run the newcomers' prompts and merge their caches into the batch's. A prompt that starts with its
         adapter's cached prefix (typically the system prompt) only runs its remaining tokens; the others run
-        together, left-padded."""
-        reusing = [generation for generation in admitted if self._cached_prefix(generation) is not None]
-        fresh = [generation for generation in admitted if generation not in reusing]
-        if fresh:
-            width = max(len(generation.prompt) for generation in fresh)
-            input_ids = torch.full((len(fresh), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
-            mask = torch.zeros((len(fresh), width), dtype=torch.long)
-            for row, generation in enumerate(fresh):
-                input_ids[row, width - len(generation.prompt) :] = torch.tensor(generation.prompt)
-                mask[row, width - len(generation.prompt) :] = 1
-            output = self._forward(
-                [generation.adapter for generation in fresh],
-                input_ids=input_ids.to(self.device),
-                attention_mask=mask.to(self.device),
-                position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(self.device),
+        together, left-padded. Rows of very different lengths run in separate passes: on a CPU a padded
+        token costs as much as a real one, more than a pass's fixed cost once enough of them pile up."""
+        # Taken before any pass runs: a fresh prompt's pass may replace its adapter's cached prefix.
+        cached = {id(generation): self._cached_prefix(generation) for generation in admitted}
+        reusing = [generation for generation in admitted if cached[id(generation)] is not None]
+        fresh = [generation for generation in admitted if cached[id(generation)] is None]
+        joining = [
+            self._prefill_fresh(group) for group in length_groups(fresh, lambda generation: len(generation.prompt))
+        ]
+        joining += [
+            self._prefill_after_prefix(group, [cached[id(generation)] for generation in group])
+            for group in length_groups(
+                reusing, lambda generation: len(generation.prompt) - len(cached[id(generation)].tokens)
             )
-            for row, generation in enumerate(fresh):
-                self._remember_prefix(generation, output.past_key_values, row, width - len(generation.prompt))
-            self._merge(output.past_key_values, mask.to(self.device))
-            self.rows.extend(fresh)
-            self._advance(fresh, output.logits[:, -1].float())
-        if reusing:
-            self._prefill_after_prefix(reusing)
+        ]
+        self._merge(joining)
         self._drop_finished()
+
+    def _prefill_fresh(self, fresh: list[Generation]) -> tuple[Any, torch.Tensor]:
+        width = max(len(generation.prompt) for generation in fresh)
+        input_ids = torch.full((len(fresh), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros((len(fresh), width), dtype=torch.long)
+        for row, generation in enumerate(fresh):
+            input_ids[row, width - len(generation.prompt) :] = torch.tensor(generation.prompt)
+            mask[row, width - len(generation.prompt) :] = 1
+        output = self._forward(
+            [generation.adapter for generation in fresh],
+            input_ids=input_ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(self.device),
+        )
+        for row, generation in enumerate(fresh):
+            self._remember_prefix(generation, output.past_key_values, row, width - len(generation.prompt))
+        self.rows.extend(fresh)
+        self._advance(fresh, output.logits[:, -1].float())
+        return output.past_key_values, mask.to(self.device)
 
     def _cached_prefix(self, generation: Generation) -> PrefixCache | None:
         cached = self.prefixes.get(generation.adapter)
@@ -662,13 +674,14 @@ class TorchEngine(EngineCore):
             ],
         )
 
-    def _prefill_after_prefix(self, reusing: list[Generation]) -> None:
+    def _prefill_after_prefix(
+        self, reusing: list[Generation], prefixes: list[PrefixCache]
+    ) -> tuple[Any, torch.Tensor]:
         """One pass over the newcomers' uncached suffixes, each row on top of its adapter's cached prefix. Row i
         is laid out [pad][prefix_i][pad][suffix_i]: cached prefixes left-padded to the longest, suffixes
         left-padded to the longest; the attention mask hides both pads and positions count real tokens only."""
         from transformers.cache_utils import DynamicCache
 
-        prefixes = [self.prefixes[generation.adapter] for generation in reusing]
         cached_width = max(len(prefix.tokens) for prefix in prefixes)
         suffixes = [generation.prompt[len(prefix.tokens) :] for generation, prefix in zip(reusing, prefixes)]
         width = max(len(suffix) for suffix in suffixes)
@@ -694,20 +707,23 @@ class TorchEngine(EngineCore):
             past_key_values=cache,
         )
         self.prefix_hits += len(reusing)
-        self._merge(output.past_key_values, mask)
         self.rows.extend(reusing)
         self._advance(reusing, output.logits[:, -1].float())
+        return output.past_key_values, mask
 
-    def _merge(self, cache: Any, mask: torch.Tensor) -> None:
-        if self.cache is None:
-            self.cache, self.attention_mask = cache, mask
+    def _merge(self, joining: list[tuple[Any, torch.Tensor]]) -> None:
+        """Append the newcomers' caches (in the order their rows joined) to the batch's, in one copy."""
+        parts = ([(self.cache, self.attention_mask)] if self.cache is not None else []) + joining
+        if len(parts) == 1:
+            self.cache, self.attention_mask = parts[0]
             return
-        assert self.attention_mask is not None
-        length = max(self.attention_mask.shape[1], mask.shape[1])
-        for running, joining in zip(self.cache.layers, cache.layers):
-            running.keys = torch.cat([left_pad(running.keys, length, -2), left_pad(joining.keys, length, -2)])
-            running.values = torch.cat([left_pad(running.values, length, -2), left_pad(joining.values, length, -2)])
-        self.attention_mask = torch.cat([left_pad(self.attention_mask, length, -1), left_pad(mask, length, -1)])
+        length = max(mask.shape[1] for _, mask in parts)
+        merged = parts[0][0]
+        for index, layer in enumerate(merged.layers):
+            layer.keys = torch.cat([left_pad(cache.layers[index].keys, length, -2) for cache, _ in parts])
+            layer.values = torch.cat([left_pad(cache.layers[index].values, length, -2) for cache, _ in parts])
+        self.cache = merged
+        self.attention_mask = torch.cat([left_pad(mask, length, -1) for _, mask in parts])
 
     def _decode_step(self) -> None:
         assert self.attention_mask is not None
@@ -744,6 +760,20 @@ class TorchEngine(EngineCore):
             self.attention_mask = mask[:, first:]
             self.rows = [self.rows[position] for position in keep]
         self._delete_retired()
+
+
+PREFILL_PADDING_TOLERANCE = 12  # padded tokens a row may add to a prefill pass before it gets its own pass
+
+
+def length_groups(generations: list[Generation], length: Callable[[Generation], int]) -> list[list[Generation]]:
+    """Split rows into prefill passes, longest first, so that no row is padded by more than the tolerance."""
+    groups: list[list[Generation]] = []
+    for generation in sorted(generations, key=length, reverse=True):
+        if groups and length(groups[-1][0]) - length(generation) <= PREFILL_PADDING_TOLERANCE:
+            groups[-1].append(generation)
+        else:
+            groups.append([generation])
+    return groups
 
 
 def left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
