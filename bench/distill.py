@@ -7,7 +7,8 @@ loss 0.5 * cross-entropy + 0.5 * forward KL on the supervised positions. Both ar
 same held-out rows (constrained to the label set), and timed at batch 1 decoding 32 tokens after 8 prompts
 (the adapter merged, fp32, a transformers loop with its KV cache). Results: bench/results/distill.json.
 
-    python bench/distill.py [--teacher-steps 80] [--student-steps 80] [--rows 160]
+    python bench/distill.py [--teacher-steps 80] [--student-steps 80] [--rows 160] [--student-layers every_other]
+                            [--teacher build/bench-distill/specialists/cloudsec]  # reuse a trained teacher
 """
 
 from __future__ import annotations
@@ -64,7 +65,13 @@ def main() -> None:
     parser.add_argument("--teacher-steps", type=int, default=80)
     parser.add_argument("--student-steps", type=int, default=80)
     parser.add_argument("--rows", type=int, default=160)
+    parser.add_argument("--student-layers", default="every_other", help="every_other or indices like 0,1,2,5")
+    parser.add_argument("--teacher", type=Path, help="an already trained teacher specialist (its steps as given)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    layers = (
+        "every_other" if args.student_layers == "every_other" else [int(x) for x in args.student_layers.split(",")]
+    )
 
     from niche.config import load_config
     from niche.data.template import TemplateEncoder
@@ -80,14 +87,17 @@ def main() -> None:
     test.write_text("".join((EXAMPLE / "test.jsonl").read_text().splitlines(keepends=True)[: args.rows]))
     common = [f"output_dir={WORKDIR / 'specialists'}", "tracking.enabled=false"]
     started = time.perf_counter()
-    teacher = train(
-        load_config(
-            EXAMPLE / "niche.yaml",
-            [*common, f"training.max_steps={args.teacher_steps}", f"training.eval_every={args.teacher_steps}"],
-        ),
-        show_progress=False,
-    )
-    teacher_seconds = time.perf_counter() - started
+    if args.teacher is not None:
+        teacher_dir, teacher_seconds = args.teacher, None
+    else:
+        teacher = train(
+            load_config(
+                EXAMPLE / "niche.yaml",
+                [*common, f"training.max_steps={args.teacher_steps}", f"training.eval_every={args.teacher_steps}"],
+            ),
+            show_progress=False,
+        )
+        teacher_dir, teacher_seconds = teacher.specialist_dir, time.perf_counter() - started
     started = time.perf_counter()
     student = distill_logits(
         load_config(
@@ -103,30 +113,30 @@ def main() -> None:
                 "distill.alpha=0.5",
             ],
         ),
-        teacher.specialist_dir,
-        "every_other",
+        teacher_dir,
+        layers,
         show_progress=False,
     )
     student_seconds = time.perf_counter() - started
 
     scores = {}
-    for name, specialist in (("teacher", teacher.specialist_dir), ("student", student.specialist_dir)):
+    for name, specialist in (("teacher", teacher_dir), ("student", student.specialist_dir)):
         report = evaluate(specialist, test, show_progress=False)
         scores[name] = report.results[-1].metrics["accuracy"]
-    manifest = read_manifest(teacher.specialist_dir)
+    manifest = read_manifest(teacher_dir)
     tokenizer = load_tokenizer(resolve_specialist_base(manifest))
     encoder = TemplateEncoder(tokenizer, manifest.template.to_template())
     examples = load_test_examples(test, manifest)[:8]
     prompts = [encoder.prompt_ids(dataclasses.replace(example, response="")) for example in examples]
     speed = {
         name: decode_speed(path, prompts)
-        for name, path in (("teacher", teacher.specialist_dir), ("student", student.specialist_dir))
+        for name, path in (("teacher", teacher_dir), ("student", student.specialist_dir))
     }
-    sizes = {"teacher": parameters(teacher.specialist_dir), "student": parameters(student.specialist_dir)}
+    sizes = {"teacher": parameters(teacher_dir), "student": parameters(student.specialist_dir)}
     result = {
         "setup": {
             "teacher": "smollm2-135m, 30 layers",
-            "student": "smollm2-135m, every other layer (15)",
+            "student": f"smollm2-135m, layers {args.student_layers}",
             "teacher_steps": args.teacher_steps,
             "student_steps": args.student_steps,
             "held_out_rows": args.rows,
@@ -142,11 +152,11 @@ def main() -> None:
         "teacher_decode_tokens_per_s": round(speed["teacher"], 1),
         "student_decode_tokens_per_s": round(speed["student"], 1),
         "student_speedup": round(speed["student"] / speed["teacher"], 2),
-        "teacher_train_seconds": round(teacher_seconds, 1),
+        "teacher_train_seconds": round(teacher_seconds, 1) if teacher_seconds is not None else None,
         "student_train_seconds": round(student_seconds, 1),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

@@ -74,10 +74,15 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def ticket_rows(count: int, offset: int = 0) -> list[dict]:
-    """A toy label task whose label is readable from one keyword, so tiny models can learn it in a few steps."""
+    """A toy label task whose label is readable from one keyword, so tiny models can learn it in a few steps.
+
+    Every ticket number carries each label once: were the label a function of the number (number % 3), a tiny
+    model could learn the digits instead of the keyword and fail on other numbers. Held-out splits keep one-
+    and two-digit numbers: a longer number shifts the keyword's position, which a 2-layer random model does not
+    generalise over."""
     texts = {"billing": "invoice charged twice", "outage": "site is down again", "security": "phishing email received"}
     return [
-        {"text": f"ticket {offset + index}: {texts[LABELS[index % 3]]}", "label": LABELS[index % 3]}
+        {"text": f"ticket {offset + index // 3}: {texts[LABELS[index % 3]]}", "label": LABELS[index % 3]}
         for index in range(count)
     ]
 
@@ -86,8 +91,8 @@ def ticket_rows(count: int, offset: int = 0) -> list[dict]:
 def label_data(tmp_path: Path) -> dict[str, Path]:
     return {
         "train": write_jsonl(tmp_path / "train.jsonl", ticket_rows(24)),
-        "validation": write_jsonl(tmp_path / "validation.jsonl", ticket_rows(6, offset=100)),
-        "test": write_jsonl(tmp_path / "test.jsonl", ticket_rows(9, offset=200)),
+        "validation": write_jsonl(tmp_path / "validation.jsonl", ticket_rows(6, offset=40)),
+        "test": write_jsonl(tmp_path / "test.jsonl", ticket_rows(9, offset=60)),
     }
 
 

@@ -105,7 +105,7 @@ def labelling_teacher() -> tuple[FastAPI, dict]:
         messages = body["messages"]
         state["systems"].append(messages[0]["content"] if messages[0]["role"] == "system" else None)
         text = messages[-1]["content"]
-        if text.startswith("ticket 51"):
+        if text.startswith(("ticket 503", "ticket 504", "ticket 505")):
             return JSONResponse({"error": {"message": "refused"}}, status_code=400)
         content = next(answer for word, answer in words.items() if word in text)
         return {
@@ -128,7 +128,7 @@ def test_sequence_distillation_from_an_endpoint_teacher_validates_its_answers(ti
 
     app, state = labelling_teacher()
     inputs = [{"text": row["text"]} for row in ticket_rows(30, 500)]
-    inputs.append({"text": ticket_rows(1, 200)[0]["text"]})  # a test row: must not become training data
+    inputs.append({"text": ticket_rows(1, 60)[0]["text"]})  # a test row: must not become training data
     unlabeled = write_jsonl(tmp_path / "unlabeled.jsonl", inputs)
     with running(app) as url:
         result, summary = distill_sequences(
@@ -139,14 +139,14 @@ def test_sequence_distillation_from_an_endpoint_teacher_validates_its_answers(ti
             concurrency=3,
         )
     assert set(state["systems"]) == {"Route the ticket to one of: billing, outage, security."}
-    # ticket 510-519 refused (10), phishing answers are not labels (ticket 502, 505, ... not refused: 7),
+    # tickets 503-505 refused (9 rows), phishing answers are not labels (7 of the 10 not refused),
     # the copied test row is a near duplicate of the test split (1).
-    assert summary["rejected"] == {"teacher": 10, "label": 7, "near_duplicate_test": 1}
-    assert summary["answered"] == 31 - 18 and summary["teacher_usage"]["completion_tokens"] == 2 * 21
+    assert summary["rejected"] == {"teacher": 9, "label": 7, "near_duplicate_test": 1}
+    assert summary["answered"] == 31 - 17 and summary["teacher_usage"]["completion_tokens"] == 2 * 22
     work = tmp_path / "out" / ".student-api.distill"
     rows = [json.loads(line) for line in (work / "teacher_rows.jsonl").read_text().splitlines()]
     assert {row["label"] for row in rows} == {"billing", "outage"}  # "Billing." read as the label billing
     assert all(row["teacher"] == f"{url}/v1#big-teacher" and row["source"] == "distilled" for row in rows)
     rejects = [json.loads(line) for line in (work / "rejects.jsonl").read_text().splitlines()]
-    assert len(rejects) == 18 and all(reject["reason"] and reject["source"].startswith(str(unlabeled)) for reject in rejects)
+    assert len(rejects) == 17 and all(reject["reason"] and reject["source"].startswith(str(unlabeled)) for reject in rejects)
     assert read_manifest(result.specialist_dir).task.labels == ["billing", "outage"]

@@ -37,7 +37,7 @@ def tiny_specialist(tmp_path_factory, tiny_base) -> Path:
 
     root = tmp_path_factory.mktemp("export")
     write_jsonl(root / "train.jsonl", ticket_rows(24))
-    write_jsonl(root / "test.jsonl", ticket_rows(6, offset=300))
+    write_jsonl(root / "test.jsonl", ticket_rows(6, offset=70))
     config = load_config(
         None,
         [

@@ -164,7 +164,7 @@ def test_recommend_picks_the_cheapest_rung_that_meets_the_target() -> None:
 
 def test_ladder_runs_every_rung_and_writes_the_report(tmp_path, tiny_base, handbook) -> None:
     train = write_jsonl(tmp_path / "train.jsonl", ticket_rows(24))
-    test_rows = [dict(row, passage=f"{row['label']}.md") for row in ticket_rows(9, offset=100)]
+    test_rows = [dict(row, passage=f"{row['label']}.md") for row in ticket_rows(9, offset=40)]
     test = write_jsonl(
         tmp_path / "test.jsonl",
         [{**row, "passage": "security.txt" if row["label"] == "security" else row["passage"]} for row in test_rows],

