@@ -73,6 +73,22 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def chat_completion(model: str, content: str, prompt_tokens: int, completion_tokens: int, number: int = 0) -> dict:
+    """The body of an OpenAI chat completion, for the scripted teachers and judges that tests serve."""
+    return {
+        "id": f"chatcmpl-{number}",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
 def ticket_rows(count: int, offset: int = 0) -> list[dict]:
     """A toy label task whose label is readable from one keyword, so tiny models can learn it in a few steps.
 

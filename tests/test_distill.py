@@ -10,6 +10,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from conftest import chat_completion
 from niche.distill import kd_loss_sum, student_from_layers
 from niche.errors import ConfigError
 
@@ -108,14 +109,7 @@ def labelling_teacher() -> tuple[FastAPI, dict]:
         if text.startswith(("ticket 503", "ticket 504", "ticket 505")):
             return JSONResponse({"error": {"message": "refused"}}, status_code=400)
         content = next(answer for word, answer in words.items() if word in text)
-        return {
-            "id": "x",
-            "object": "chat.completion",
-            "created": 0,
-            "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 20, "completion_tokens": 2, "total_tokens": 22},
-        }
+        return chat_completion(body["model"], content, 20, 2)
 
     return app, state
 
@@ -148,5 +142,7 @@ def test_sequence_distillation_from_an_endpoint_teacher_validates_its_answers(ti
     assert {row["label"] for row in rows} == {"billing", "outage"}  # "Billing." read as the label billing
     assert all(row["teacher"] == f"{url}/v1#big-teacher" and row["source"] == "distilled" for row in rows)
     rejects = [json.loads(line) for line in (work / "rejects.jsonl").read_text().splitlines()]
-    assert len(rejects) == 17 and all(reject["reason"] and reject["source"].startswith(str(unlabeled)) for reject in rejects)
+    assert len(rejects) == 17 and all(
+        reject["reason"] and reject["source"].startswith(str(unlabeled)) for reject in rejects
+    )
     assert read_manifest(result.specialist_dir).task.labels == ["billing", "outage"]

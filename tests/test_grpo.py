@@ -8,6 +8,7 @@ import logging
 import pytest
 from fastapi import FastAPI, Request
 
+from conftest import chat_completion
 from niche.errors import ConfigError
 from niche.train.rewards import (
     RelativeJudge,
@@ -80,14 +81,7 @@ def judge_server(replies: list[str]) -> tuple[FastAPI, dict]:
         state["prompts"].append(body["messages"][0]["content"])
         content = replies[min(state["calls"], len(replies) - 1)]
         state["calls"] += 1
-        return {
-            "id": f"judge-{state['calls']}",
-            "object": "chat.completion",
-            "created": 0,
-            "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110},
-        }
+        return chat_completion(body["model"], content, 100, 10, state["calls"])
 
     return app, state
 

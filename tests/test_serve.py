@@ -333,34 +333,6 @@ def test_concurrent_clients_for_several_specialists_get_their_own_answers(server
     assert engine.peak_rows > 1, "the concurrent requests were decoded together"
 
 
-def test_prompts_of_very_different_lengths_prefill_in_separate_passes_with_the_same_answers(engine) -> None:
-    from niche.serve.engine import PREFILL_PADDING_TOLERANCE, length_groups
-
-    long_text = "ticket 11: " + "the site is down again and customers cannot log in, " * 4 + "please help"
-    questions = [
-        ("router", "ticket 7: invoice charged twice"),
-        ("router", long_text),
-        (BASE_MODEL_NAME, "ticket 9: phishing email received"),
-        (BASE_MODEL_NAME, long_text),
-    ]
-    params = SamplingParams(max_tokens=6, temperature=0)
-    solo = [engine.complete(model, [{"role": "user", "content": text}], params).text for model, text in questions]
-    engine.max_loaded = 3
-    try:
-        before = engine.forward_calls["prefill"]
-        pending = [engine.submit(model, [{"role": "user", "content": text}], params) for model, text in questions]
-        together = [generation.result().text for generation in pending]
-        passes = engine.forward_calls["prefill"] - before
-    finally:
-        engine.max_loaded = 1
-    assert together == solo
-    assert 2 <= passes <= 4, "short and long prompts ran in separate prefill passes"
-    lengths = [40, 3, 38, 30, 5, 14]
-    groups = length_groups(lengths, lambda length: length)
-    assert groups == [[40, 38, 30], [14, 5, 3]]
-    assert all(group[0] - group[-1] <= PREFILL_PADDING_TOLERANCE for group in groups)
-
-
 def test_a_request_joins_a_batch_that_is_already_decoding(engine) -> None:
     long_params = SamplingParams(max_tokens=48, temperature=0)
     short_params = SamplingParams(max_tokens=6, temperature=0)

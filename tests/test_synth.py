@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from conftest import LABELS, ticket_rows, write_jsonl
+from conftest import LABELS, chat_completion, ticket_rows, write_jsonl
 from niche.data.formats import load_examples
 from niche.errors import ConfigError
 from niche.rag import chunk_text
@@ -81,14 +81,7 @@ def scripted_teacher(script: list[str], per_reply: int = 5) -> tuple[FastAPI, di
                 {"text": f"{label} " + " ".join(rng.sample(VOCABULARY, 9)), "label": label} for _ in range(per_reply)
             ]
             content = json.dumps({"items": items})
-        return {
-            "id": f"chatcmpl-{call}",
-            "object": "chat.completion",
-            "created": 0,
-            "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30},
-        }
+        return chat_completion(body["model"], content, 10, 20, call)
 
     return app, state
 

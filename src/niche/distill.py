@@ -209,7 +209,9 @@ def _specialist_answers(teacher_dir: Path, texts: list[str]) -> tuple[list[str |
     examples = [Example(messages=({"role": "user", "content": text},), response="") for text in texts]
     labels = manifest.task.labels if manifest.task.kind == "label" else None
     with torch.no_grad():
-        answers = generate_answers(teacher, encoder, examples, batch_size=16, max_new_tokens=128, allowed_answers=labels)
+        answers = generate_answers(
+            teacher, encoder, examples, batch_size=16, max_new_tokens=128, allowed_answers=labels
+        )
     return list(answers), labels
 
 
@@ -269,8 +271,8 @@ def distill_sequences(
     is sent the student's own system prompt; its answers must then be labels of the student's training data.
     Every input that does not become a training row is in `.NAME.distill/rejects.jsonl` with the reason."""
     from niche.data.curate import curate
-    from niche.data.template import system_prompt_with_labels
     from niche.data.formats import load_examples
+    from niche.data.template import system_prompt_with_labels
     from niche.io import write_text_atomic
     from niche.synth import SynthSettings, Validator
     from niche.train import train
@@ -298,7 +300,11 @@ def distill_sequences(
         if answer is None:
             rejects.append({"source": source, "text": text, "kind": "teacher", "reason": failures[number - 1]})
             continue
-        row = {"text": text, "label": _canonical_label(answer, labels)} if labels else {"prompt": text, "completion": answer}
+        row = (
+            {"text": text, "label": _canonical_label(answer, labels)}
+            if labels
+            else {"prompt": text, "completion": answer}
+        )
         problem = validator.check(row)
         if problem is not None:
             rejects.append({"source": source, "row": row, "kind": problem[0], "reason": problem[1]})

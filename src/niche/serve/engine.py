@@ -19,7 +19,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -606,23 +606,16 @@ class TorchEngine(EngineCore):
             multilora.restore(self.model)
 
     def _prefill(self, admitted: list[Generation]) -> None:
-        """Run the newcomers' prompts and merge their caches into the batch's. A prompt that starts with its
-        adapter's cached prefix (typically the system prompt) only runs its remaining tokens; the others run
-        together, left-padded. Rows of very different lengths run in separate passes: on a CPU a padded
-        token costs as much as a real one, more than a pass's fixed cost once enough of them pile up."""
-        # Taken before any pass runs: a fresh prompt's pass may replace its adapter's cached prefix.
+        """Run the newcomers' prompts and merge their caches into the batch's, in one copy. A prompt that
+        starts with its adapter's cached prefix (typically the system prompt) only runs its remaining tokens;
+        the others run together, left-padded."""
+        # Taken before any pass runs: the fresh prompts' pass may replace their adapter's cached prefix.
         cached = {id(generation): self._cached_prefix(generation) for generation in admitted}
         reusing = [generation for generation in admitted if cached[id(generation)] is not None]
         fresh = [generation for generation in admitted if cached[id(generation)] is None]
-        joining = [
-            self._prefill_fresh(group) for group in length_groups(fresh, lambda generation: len(generation.prompt))
-        ]
-        joining += [
-            self._prefill_after_prefix(group, [cached[id(generation)] for generation in group])
-            for group in length_groups(
-                reusing, lambda generation: len(generation.prompt) - len(cached[id(generation)].tokens)
-            )
-        ]
+        joining = [self._prefill_fresh(fresh)] if fresh else []
+        if reusing:
+            joining.append(self._prefill_after_prefix(reusing, [cached[id(generation)] for generation in reusing]))
         self._merge(joining)
         self._drop_finished()
 
@@ -674,9 +667,7 @@ class TorchEngine(EngineCore):
             ],
         )
 
-    def _prefill_after_prefix(
-        self, reusing: list[Generation], prefixes: list[PrefixCache]
-    ) -> tuple[Any, torch.Tensor]:
+    def _prefill_after_prefix(self, reusing: list[Generation], prefixes: list[PrefixCache]) -> tuple[Any, torch.Tensor]:
         """One pass over the newcomers' uncached suffixes, each row on top of its adapter's cached prefix. Row i
         is laid out [pad][prefix_i][pad][suffix_i]: cached prefixes left-padded to the longest, suffixes
         left-padded to the longest; the attention mask hides both pads and positions count real tokens only."""
@@ -760,20 +751,6 @@ class TorchEngine(EngineCore):
             self.attention_mask = mask[:, first:]
             self.rows = [self.rows[position] for position in keep]
         self._delete_retired()
-
-
-PREFILL_PADDING_TOLERANCE = 12  # padded tokens a row may add to a prefill pass before it gets its own pass
-
-
-def length_groups(generations: list[Generation], length: Callable[[Generation], int]) -> list[list[Generation]]:
-    """Split rows into prefill passes, longest first, so that no row is padded by more than the tolerance."""
-    groups: list[list[Generation]] = []
-    for generation in sorted(generations, key=length, reverse=True):
-        if groups and length(groups[-1][0]) - length(generation) <= PREFILL_PADDING_TOLERANCE:
-            groups[-1].append(generation)
-        else:
-            groups.append([generation])
-    return groups
 
 
 def left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:

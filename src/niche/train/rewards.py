@@ -52,7 +52,9 @@ def _text(completion: Any) -> str:
 
 
 def label_reward(completions: Sequence[Any], reference: Sequence[str], **_: Any) -> list[float]:
-    return [float(_normal(_text(completion)) == _normal(expected)) for completion, expected in zip(completions, reference)]
+    return [
+        float(_normal(_text(completion)) == _normal(expected)) for completion, expected in zip(completions, reference)
+    ]
 
 
 def label_set_reward(completions: Sequence[Any], labels: Sequence[Any], **_: Any) -> list[float]:
