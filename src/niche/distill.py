@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -222,12 +223,14 @@ def _endpoint_answers(
 
     A request that still fails after the client's retries leaves its input unanswered (None) with the reason,
     so one dead request costs one row, not the run."""
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from niche.synth import TeacherError, make_teacher
 
     client = make_teacher(teacher, teacher_model)
     usage = {"prompt_tokens": 0, "completion_tokens": 0, "retries": 0}
+    usage_lock = threading.Lock()
     failures: list[str] = [""] * len(texts)
 
     def answer(index: int) -> str | None:
@@ -238,9 +241,10 @@ def _endpoint_answers(
         except TeacherError as error:
             failures[index] = str(error)
             return None
-        usage["prompt_tokens"] += reply.prompt_tokens
-        usage["completion_tokens"] += reply.completion_tokens
-        usage["retries"] += reply.retries
+        with usage_lock:
+            usage["prompt_tokens"] += reply.prompt_tokens
+            usage["completion_tokens"] += reply.completion_tokens
+            usage["retries"] += reply.retries
         return reply.text.strip()
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
@@ -322,13 +326,10 @@ def distill_sequences(
         update={"train": work / "curated" / "train.jsonl", "validation": work / "curated" / "validation.jsonl"}
     )
     result = train(student_config.model_copy(update={"data": data}), show_progress=show_progress)
-    rejected: dict[str, int] = {}
-    for reject in rejects:
-        rejected[reject["kind"]] = rejected.get(reject["kind"], 0) + 1
     summary = {
         "inputs": len(texts),
         "answered": len(rows),
-        "rejected": rejected,
+        "rejected": dict(Counter(reject["kind"] for reject in rejects)),
         "curated": report.splits,
         "teacher_usage": usage,
     }

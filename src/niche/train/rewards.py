@@ -52,9 +52,8 @@ def _text(completion: Any) -> str:
 
 
 def label_reward(completions: Sequence[Any], reference: Sequence[str], **_: Any) -> list[float]:
-    return [
-        float(_normal(_text(completion)) == _normal(expected)) for completion, expected in zip(completions, reference)
-    ]
+    """Exact match on the label; its own function so TRL logs it as `label_reward`."""
+    return exact_match_reward(completions, reference)
 
 
 def label_set_reward(completions: Sequence[Any], labels: Sequence[Any], **_: Any) -> list[float]:
