@@ -69,7 +69,9 @@ def main() -> None:
     parser.add_argument("--teacher", type=Path, help="an already trained teacher specialist (its steps as given)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    layers = "every_other" if args.student_layers == "every_other" else [int(x) for x in args.student_layers.split(",")]
+    from niche.distill import parse_student_layers
+
+    layers = parse_student_layers(args.student_layers)
 
     from niche.config import load_config
     from niche.data.template import TemplateEncoder

@@ -573,12 +573,10 @@ def distill(
 ) -> None:
     """Train a smaller student from a teacher specialist (logit-level KD, or on the teacher's answers)."""
     from niche.config import load_config
-    from niche.distill import distill_logits, distill_sequences
+    from niche.distill import distill_logits, distill_sequences, parse_student_layers
 
     config = load_config(config_path, overrides)
-    layers: Any = None
-    if student_layers:
-        layers = "every_other" if student_layers == "every_other" else [int(part) for part in student_layers.split(",")]
+    layers = parse_student_layers(student_layers) if student_layers else None
     if mode == "logits":
         if layers is None:
             raise ConfigError("--mode logits: give --student-layers (the student is made from the teacher's base)")

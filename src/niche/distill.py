@@ -110,6 +110,16 @@ class DistillTrainer(SupervisedOnlyTrainer):
         return (loss, {}) if return_outputs else loss
 
 
+def parse_student_layers(text: str) -> list[int] | str:
+    """`--student-layers`: 'every_other', or comma-separated decoder layer indices like 0,2,4."""
+    if text == "every_other":
+        return text
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError as error:
+        raise ConfigError(f"--student-layers {text!r}: expected every_other or indices like 0,2,4") from error
+
+
 def student_from_layers(base: Any, keep: list[int] | str, target: Path) -> Path:
     """A smaller base: the teacher's base with only the decoder layers in `keep` (indices, or 'every_other'),
     saved (weights, config, tokenizer) as a local checkpoint directory niche can train on."""
