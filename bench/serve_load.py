@@ -3,14 +3,15 @@
 K specialists (short LoRA trainings of SmolLM2-135M on the project's cloudsec example, each with its own
 system prompt and seed) and the bare base are served by `niche serve` in a subprocess on loopback. N clients
 (the official openai client, streaming) send mixed requests (a random model, a random held-out finding) for a
-bounded time, first against `--max-batch-size 16` (requests for any specialist are decoded together) and
-then against `--max-batch-size 1` (one request at a time, the active adapter switched per request, as a
-single-adapter server does). Before each load run, an idle-server probe sends short prompts one by one.
+bounded time against two servers: `--max-batch-size 16` (requests for any specialist are decoded together)
+and `--max-batch-size 1` (one request at a time, the active adapter switched per request, as a single-adapter
+server does). Both stay up and take turns in short rounds, so that the noise of a shared machine falls on both
+alike. First, an idle-server probe sends short prompts one by one to each.
 
 Prints and writes bench/results/serve_load.json: throughput (requests/s and completion tokens/s), time to
 first token p50/p95 and latency p50/p95 under load, idle time to first token p50, and their ratios.
 
-    python bench/serve_load.py [--specialists 4] [--clients 16] [--seconds 60]
+    python bench/serve_load.py [--specialists 4] [--clients 16] [--seconds 60] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -127,14 +128,23 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
 
 
-async def drive(
-    url: str, models: list[str], texts: list[str], clients: int, seconds: float, max_tokens: int, seed: int
-):
+async def idle_probe(url: str, model: str) -> list[dict]:
+    """Short prompts one by one on an otherwise idle server; the first few warm it up."""
     import openai
 
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=600)
-    idle = [await one_request(client, models[0], text, 8) for text in IDLE_PROMPTS]
-    idle = idle[3:]  # the first requests warm up
+    idle = [await one_request(client, model, text, 8) for text in IDLE_PROMPTS]
+    await client.close()
+    return idle[3:]
+
+
+async def load(
+    url: str, models: list[str], texts: list[str], clients: int, seconds: float, max_tokens: int, seed: int
+) -> tuple[list[dict], float]:
+    """N clients sending mixed requests back to back for `seconds`; the finished requests and the time taken."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=600)
     rng = random.Random(seed)
     results: list[dict] = []
     stop_at = time.perf_counter() + seconds
@@ -147,14 +157,22 @@ async def drive(
     await asyncio.gather(*(user() for _ in range(clients)))
     elapsed = time.perf_counter() - started
     await client.close()
+    return results, elapsed
+
+
+def engine_counters(url: str) -> dict[str, float]:
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
-        engine_counters = {
+        return {
             line.split(" ")[0]: round(float(line.split(" ")[1]), 2)
             for line in response.read().decode().splitlines()
             if line.startswith(("niche_forward", "niche_prefix"))
         }
+
+
+def summarize(results: list[dict], elapsed: float, idle: list[dict], counters: dict[str, float]) -> dict:
     ttfts = [result["ttft"] * 1000 for result in results]
     latencies = [result["latency"] * 1000 for result in results]
+    idle_ttfts = [result["ttft"] * 1000 for result in idle]
     return {
         "requests": len(results),
         "seconds": round(elapsed, 1),
@@ -164,9 +182,9 @@ async def drive(
         "ttft_p95_ms": round(percentile(ttfts, 0.95), 1),
         "latency_p50_ms": round(statistics.median(latencies), 1),
         "latency_p95_ms": round(percentile(latencies, 0.95), 1),
-        "idle_ttft_p50_ms": round(statistics.median(result["ttft"] * 1000 for result in idle), 1),
-        "idle_ttft_p95_ms": round(percentile([result["ttft"] * 1000 for result in idle], 0.95), 1),
-        "engine": engine_counters,
+        "idle_ttft_p50_ms": round(statistics.median(idle_ttfts), 1),
+        "idle_ttft_p95_ms": round(percentile(idle_ttfts, 0.95), 1),
+        "engine": counters,
     }
 
 
@@ -174,7 +192,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--specialists", type=int, default=4)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--seconds", type=float, default=60, help="load time per mode, over all rounds")
+    parser.add_argument("--rounds", type=int, default=4, help="turns each mode takes, alternating")
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--train-steps", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
@@ -183,15 +202,39 @@ def main() -> None:
     specialists = train_specialists(args.specialists, args.train_steps)
     models = [f"cloudsec-{index}" for index in range(args.specialists)] + ["base"]
     texts = [json.loads(line)["text"] for line in (EXAMPLE / "test.jsonl").read_text().splitlines()]
-    runs = {}
-    for mode, batch in (("batched", 16), ("one_at_a_time", 1)):
-        server, url = start_server(specialists, batch, max_loaded=args.specialists)
-        try:
-            runs[mode] = asyncio.run(drive(url, models, texts, args.clients, args.seconds, args.max_tokens, args.seed))
-        finally:
+    modes = {"batched": 16, "one_at_a_time": 1}
+    servers = {mode: start_server(specialists, batch, max_loaded=args.specialists) for mode, batch in modes.items()}
+    try:
+        idle = {mode: asyncio.run(idle_probe(url, models[0])) for mode, (_, url) in servers.items()}
+        # Both servers stay up and the modes take turns, so a slow spell on this shared machine falls on both.
+        results: dict[str, list[dict]] = {mode: [] for mode in modes}
+        elapsed = dict.fromkeys(modes, 0.0)
+        for round_index in range(args.rounds):
+            for mode, (_, url) in servers.items():
+                finished, seconds = asyncio.run(
+                    load(
+                        url,
+                        models,
+                        texts,
+                        args.clients,
+                        args.seconds / args.rounds,
+                        args.max_tokens,
+                        args.seed + round_index,
+                    )
+                )
+                results[mode] += finished
+                elapsed[mode] += seconds
+                print(f"round {round_index + 1}/{args.rounds} {mode}: {len(finished) / seconds:.2f} requests/s")
+        runs = {
+            mode: summarize(results[mode], elapsed[mode], idle[mode], engine_counters(url))
+            for mode, (_, url) in servers.items()
+        }
+    finally:
+        for server, _ in servers.values():
             server.terminate()
             server.wait(timeout=30)
-        print(mode, json.dumps(runs[mode]))
+    for mode, run in runs.items():
+        print(mode, json.dumps(run))
     batched, single = runs["batched"], runs["one_at_a_time"]
     result = {
         "setup": {
@@ -200,6 +243,7 @@ def main() -> None:
             "models_in_mix": models,
             "clients": args.clients,
             "seconds_per_mode": args.seconds,
+            "rounds": args.rounds,
             "max_tokens": args.max_tokens,
             "cpu_count": os.cpu_count(),
             "machine": platform.machine(),

@@ -140,7 +140,7 @@ class EngineCollector:
         yield CounterMetricFamily(
             "niche_prefix_cache_hits", "Prompts whose cached prefix was reused", value=engine.prefix_hits
         )
-        yield GaugeMetricFamily("niche_batch_rows", "Requests decoding in the running batch", value=len(engine.rows))
+        yield GaugeMetricFamily("niche_batch_rows", "Requests decoding in the running batch", value=engine.decoding())
         yield GaugeMetricFamily(
             "niche_waiting_requests", "Requests waiting to join the batch", value=len(engine.waiting)
         )

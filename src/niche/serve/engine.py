@@ -1,8 +1,9 @@
 """The torch engine: one base model, many specialists' LoRA adapters, one continuous-batching scheduler.
 
 Requests wait in a queue; a scheduler thread admits them into the running batch (when idle it waits up to
-`max_wait_ms` for companions), prefills the newcomers together, merges their KV cache into the batch's, and
-then decodes one token for every row per step. Rows of different specialists share each forward pass through
+`max_wait_ms` for companions), prefills the newcomers together, writes their keys and values into free rows
+of the batch's cache (`kvcache.BatchKVCache`, kept in place between steps), and then decodes one token for
+every row per step. Rows of different specialists share each forward pass through
 PEFT's mixed-adapter batches (`adapter_names=`), so K specialists cost one base model's compute. Finished,
 cancelled and timed-out rows leave the batch at once and new ones join at the next step. Prompts are rendered
 with each specialist's stored template, so serving sees requests exactly as training saw its examples.
@@ -33,8 +34,9 @@ from niche.errors import ModelError, NicheError
 from niche.eval.generation import AnswerTrie, answer_trie
 from niche.hardware import detect_hardware
 from niche.models import load_model, load_tokenizer, prepare_for_inference
-from niche.serve import multilora
+from niche.serve import decode_attention, multilora
 from niche.serve.constraints import JsonGrammar, LabelConstraint, TokenConstraint
+from niche.serve.kvcache import BatchKVCache, is_plain
 from niche.specialist import MANIFEST_NAME, SpecialistManifest, read_manifest, resolve_specialist_base
 from niche.tracking import deployed_version
 
@@ -232,7 +234,11 @@ class EngineCore:
         raise NotImplementedError
 
     def _busy_adapters(self) -> set[str]:
-        return {row.adapter for row in self.rows}
+        return {row.adapter for row in self.rows if not row.finished}
+
+    def decoding(self) -> int:
+        """Requests in the running batch."""
+        return sum(not row.finished for row in self.rows)
 
     # ---- requests -------------------------------------------------------------------------------------------
 
@@ -426,8 +432,11 @@ class TorchEngine(EngineCore):
         self.context_length = getattr(self.model.config, "max_position_embeddings", None)
         self.max_batch_size = max(1, max_batch_size)
         self.max_wait = max_wait_ms / 1000
-        self.cache: Any = None
-        self.attention_mask: torch.Tensor | None = None
+        self.cache: Any = None  # a BatchKVCache, or for models with other cache layers the batch's own cache
+        self.attention_mask: torch.Tensor | None = None  # of a cache other than BatchKVCache, which keeps its own
+        self.model_config = self.model.config
+        # Decode steps on CPU attend without copying the cache per query head; prefill keeps the default.
+        self.decode_attention = decode_attention.register() if self.device == "cpu" else None
         self.steps = 0
         self.peak_rows = 0
         self._active_adapter: str | None = None
@@ -506,7 +515,8 @@ class TorchEngine(EngineCore):
                 log.exception("batch step failed")
                 with self.lock:
                     for row in [*self.rows]:
-                        row.events.put(error)
+                        if not row.finished:
+                            row.events.put(error)
                     self.rows, self.cache, self.attention_mask = [], None, None
                     self._delete_retired()
 
@@ -535,7 +545,7 @@ class TorchEngine(EngineCore):
         admitted: list[Generation] = []
         busy = self._busy_adapters()
         for generation in list(self.waiting):
-            if len(self.rows) + len(admitted) >= self.max_batch_size:
+            if self.decoding() + len(admitted) >= self.max_batch_size:
                 break
             if generation.cancelled.is_set() or self._expired(generation):
                 self.waiting.remove(generation)
@@ -557,21 +567,34 @@ class TorchEngine(EngineCore):
             self._prefill(admitted)
 
     def _can_join(self) -> bool:
-        """Joining a running batch pads KV caches on the left, which only plain (full-attention) caches allow."""
-        from transformers.cache_utils import DynamicLayer
-
-        return all(type(layer) is DynamicLayer for layer in self.cache.layers)
+        """Only a batch of plain (full-attention) caches takes newcomers while it runs: a sliding-window layer
+        cannot be left-padded."""
+        return isinstance(self.cache, BatchKVCache)
 
     def _forward(self, adapters: list[str], **inputs: Any) -> Any:
-        """One forward pass where row i uses adapter adapters[i], through the stacked multi-LoRA layers when the
-        adapters allow it, otherwise through PEFT: a batch on one adapter runs it as the active adapter, any
-        other mix goes through PEFT's mixed-adapter path (which also serves base-only batches: PEFT's
-        disable_adapter() walks every module and costs more than the forward pass itself)."""
-        from peft import PeftModel
-
+        """One timed forward pass where row i uses adapter adapters[i]; decode steps use `decode_attention`."""
         phase = "decode" if inputs["input_ids"].shape[1] == 1 and inputs.get("past_key_values") else "prefill"
         started = time.perf_counter()
         inputs |= {"use_cache": True, "logits_to_keep": 1}
+        attention = self.model_config._attn_implementation
+        if phase == "decode" and self.decode_attention:
+            self.model_config._attn_implementation = self.decode_attention
+            inputs["attention_mask"] = decode_attention.additive_mask(inputs["attention_mask"], self.model.dtype)
+        try:
+            output = self._run(adapters, inputs)
+        finally:
+            self.model_config._attn_implementation = attention
+        self.forward_seconds[phase] += time.perf_counter() - started
+        self.forward_calls[phase] += 1
+        return output
+
+    def _run(self, adapters: list[str], inputs: dict[str, Any]) -> Any:
+        """Through the stacked multi-LoRA layers when the adapters allow it, otherwise through PEFT: a batch on
+        one adapter runs it as the active adapter, any other mix goes through PEFT's mixed-adapter path (which
+        also serves base-only batches: PEFT's disable_adapter() walks every module and costs more than the
+        forward pass itself)."""
+        from peft import PeftModel
+
         distinct = set(adapters)
         if not isinstance(self.model, PeftModel):
             output = self.model(**inputs)
@@ -589,8 +612,6 @@ class TorchEngine(EngineCore):
             output = self.model(**inputs)
         else:
             output = self.model(**inputs, adapter_names=adapters)
-        self.forward_seconds[phase] += time.perf_counter() - started
-        self.forward_calls[phase] += 1
         return output
 
     def _adapters_changed(self) -> None:
@@ -613,11 +634,35 @@ class TorchEngine(EngineCore):
         cached = {id(generation): self._cached_prefix(generation) for generation in admitted}
         reusing = [generation for generation in admitted if cached[id(generation)] is not None]
         fresh = [generation for generation in admitted if cached[id(generation)] is None]
-        joining = [self._prefill_fresh(fresh)] if fresh else []
+        joining = [(fresh, *self._prefill_fresh(fresh))] if fresh else []
         if reusing:
-            joining.append(self._prefill_after_prefix(reusing, [cached[id(generation)] for generation in reusing]))
-        self._merge(joining)
-        self._drop_finished()
+            prefixes = [cached[id(generation)] for generation in reusing]
+            joining.append((reusing, *self._prefill_after_prefix(reusing, prefixes)))
+        self._join(joining)
+
+    def _join(self, joining: list[tuple[list[Generation], Any, torch.Tensor]]) -> None:
+        """Newcomers that are still decoding take free rows of the batch's cache (requests that ended on their
+        first token never join)."""
+        if self.cache is None and all(is_plain(cache) for _, cache, _ in joining):
+            self.cache = BatchKVCache(self.max_batch_size)
+        if not isinstance(self.cache, BatchKVCache):
+            for generations, _, _ in joining:
+                self.rows.extend(generations)
+            self._merge([(cache, mask) for _, cache, mask in joining])
+            self._drop_finished()
+            return
+        for generations, cache, mask in joining:
+            keep = [index for index, generation in enumerate(generations) if not generation.finished]
+            if not keep:
+                continue
+            for position, index in zip(self.cache.admit(cache, mask, keep), keep):
+                if position == len(self.rows):
+                    self.rows.append(generations[index])
+                else:
+                    self.rows[position] = generations[index]
+        if not self.rows:
+            self.cache = None
+        self._delete_retired()
 
     def _prefill_fresh(self, fresh: list[Generation]) -> tuple[Any, torch.Tensor]:
         width = max(len(generation.prompt) for generation in fresh)
@@ -634,7 +679,6 @@ class TorchEngine(EngineCore):
         )
         for row, generation in enumerate(fresh):
             self._remember_prefix(generation, output.past_key_values, row, width - len(generation.prompt))
-        self.rows.extend(fresh)
         self._advance(fresh, output.logits[:, -1].float())
         return output.past_key_values, mask.to(self.device)
 
@@ -698,12 +742,12 @@ class TorchEngine(EngineCore):
             past_key_values=cache,
         )
         self.prefix_hits += len(reusing)
-        self.rows.extend(reusing)
         self._advance(reusing, output.logits[:, -1].float())
         return output.past_key_values, mask
 
     def _merge(self, joining: list[tuple[Any, torch.Tensor]]) -> None:
-        """Append the newcomers' caches (in the order their rows joined) to the batch's, in one copy."""
+        """Append the newcomers' caches (in the order their rows joined) to a cache that is not a BatchKVCache,
+        in one copy."""
         parts = ([(self.cache, self.attention_mask)] if self.cache is not None else []) + joining
         if len(parts) == 1:
             self.cache, self.attention_mask = parts[0]
@@ -717,17 +761,25 @@ class TorchEngine(EngineCore):
         self.attention_mask = torch.cat([left_pad(mask, length, -1) for _, mask in parts])
 
     def _decode_step(self) -> None:
-        assert self.attention_mask is not None
-        self.attention_mask = F.pad(self.attention_mask, (0, 1), value=1)
+        if isinstance(self.cache, BatchKVCache):
+            for source, target in self.cache.compact():
+                self.rows[target] = self.rows[source]
+            del self.rows[self.cache.rows :]
+            mask = self.cache.begin_step()
+        else:
+            assert self.attention_mask is not None
+            mask = self.attention_mask = F.pad(self.attention_mask, (0, 1), value=1)
         output = self._forward(
             [row.adapter for row in self.rows],
             input_ids=torch.tensor([[row.generated[-1]] for row in self.rows], device=self.device),
-            attention_mask=self.attention_mask,
+            attention_mask=mask,
             position_ids=torch.tensor(
                 [[len(row.prompt) + len(row.generated) - 1] for row in self.rows], device=self.device
             ),
             past_key_values=self.cache,
         )
+        if isinstance(self.cache, BatchKVCache):
+            self.cache.end_step()
         self.steps += 1
         self.peak_rows = max(self.peak_rows, len(self.rows))
         self._advance(self.rows, output.logits[:, -1].float())
@@ -739,6 +791,10 @@ class TorchEngine(EngineCore):
             return
         if not keep:
             self.rows, self.cache, self.attention_mask = [], None, None
+        elif isinstance(self.cache, BatchKVCache):
+            # Their rows become holes, filled by the next newcomers or compacted before the next step.
+            self.cache.release([index for index, row in enumerate(self.rows) if row.finished])
+            del self.rows[self.cache.rows :]
         else:
             assert self.attention_mask is not None
             index = torch.tensor(keep, device=self.device)
