@@ -203,8 +203,10 @@ def main() -> None:
     models = [f"cloudsec-{index}" for index in range(args.specialists)] + ["base"]
     texts = [json.loads(line)["text"] for line in (EXAMPLE / "test.jsonl").read_text().splitlines()]
     modes = {"batched": 16, "one_at_a_time": 1}
-    servers = {mode: start_server(specialists, batch, max_loaded=args.specialists) for mode, batch in modes.items()}
+    servers: dict[str, tuple[subprocess.Popen, str]] = {}
     try:
+        for mode, batch in modes.items():
+            servers[mode] = start_server(specialists, batch, max_loaded=args.specialists)
         idle = {mode: asyncio.run(idle_probe(url, models[0])) for mode, (_, url) in servers.items()}
         # Both servers stay up and the modes take turns, so a slow spell on this shared machine falls on both.
         results: dict[str, list[dict]] = {mode: [] for mode in modes}
