@@ -544,8 +544,9 @@ class TorchEngine(EngineCore):
             return
         admitted: list[Generation] = []
         busy = self._busy_adapters()
+        decoding = self.decoding()
         for generation in list(self.waiting):
-            if self.decoding() + len(admitted) >= self.max_batch_size:
+            if decoding + len(admitted) >= self.max_batch_size:
                 break
             if generation.cancelled.is_set() or self._expired(generation):
                 self.waiting.remove(generation)
@@ -627,9 +628,9 @@ class TorchEngine(EngineCore):
             multilora.restore(self.model)
 
     def _prefill(self, admitted: list[Generation]) -> None:
-        """Run the newcomers' prompts and merge their caches into the batch's, in one copy. A prompt that
-        starts with its adapter's cached prefix (typically the system prompt) only runs its remaining tokens;
-        the others run together, left-padded."""
+        """Run the newcomers' prompts and add their caches to the batch's. A prompt that starts with its
+        adapter's cached prefix (typically the system prompt) only runs its remaining tokens; the others run
+        together, left-padded."""
         # Taken before any pass runs: the fresh prompts' pass may replace their adapter's cached prefix.
         cached = {id(generation): self._cached_prefix(generation) for generation in admitted}
         reusing = [generation for generation in admitted if cached[id(generation)] is not None]

@@ -177,8 +177,7 @@ class BatchKVCache(Cache):
         margin = max(COLUMN_MARGIN, window + left)
         new_start = left + margin // 2
         column_capacity = new_start + window + right + margin
-        template = source.layers[0] if source is not None else self.layers[0]
-        reference = template.key_buffer if isinstance(template, BatchLayer) else template.keys
+        reference = source.layers[0].keys if source is not None else self.layers[0].key_buffer
         heads, head_dim = reference.shape[1], reference.shape[3]
         device, dtype = reference.device, reference.dtype
         old = self.layers if self.layers else [None] * len(source.layers)  # type: ignore[union-attr]
