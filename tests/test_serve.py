@@ -388,6 +388,58 @@ def test_concurrent_clients_for_several_specialists_get_their_own_answers(server
     assert engine.peak_rows > 1, "the concurrent requests were decoded together"
 
 
+def test_forward_passes_run_on_every_core_in_the_scheduler_and_the_work_beside_it_on_one(
+    specialists_dir, monkeypatch
+) -> None:
+    """OpenMP gives each thread that runs parallel torch ops a team of its own, and a second team slows the
+    scheduler's forward passes: the model loads, admin calls and routing run on one intra-op thread, the
+    scheduler on the engine's count, and the caller's own setting is left as it was."""
+    from niche.serve import engine as engine_module
+
+    threads_seen: dict[str, int] = {}
+    original_load_model = engine_module.load_model
+
+    def load_model(*args, **kwargs):
+        threads_seen["model load"] = torch.get_num_threads()
+        return original_load_model(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "load_model", load_model)
+    serving = TorchEngine(specialists_dir, max_loaded=2)
+    try:
+        assert torch.get_num_threads() == serving.threads, "the caller's thread count is restored"
+        original_forward, original_load_adapter = serving._forward, serving._load_adapter
+
+        def forward(*args, **kwargs):
+            threads_seen["forward"] = torch.get_num_threads()
+            return original_forward(*args, **kwargs)
+
+        def load_adapter(*args) -> None:
+            threads_seen.setdefault("admin load", torch.get_num_threads())
+            original_load_adapter(*args)
+
+        serving._forward, serving._load_adapter = forward, load_adapter
+        serving.load("shouter")  # from this thread, as an admin request would
+        answer = serving.complete(
+            "router",
+            [{"role": "user", "content": "ticket 5: invoice charged twice"}],
+            SamplingParams(max_tokens=4, temperature=0),
+        )
+        router = serving.router(threshold=0.3)
+        original_encode = router.embedder.encode
+
+        def encode(*args, **kwargs):
+            threads_seen["routing"] = torch.get_num_threads()
+            return original_encode(*args, **kwargs)
+
+        router.embedder.encode = encode
+        route = router.route("ticket 6: site is down again")
+    finally:
+        serving.close()
+    assert answer.text == "billing" and route.model in {"router", "shouter"}
+    assert threads_seen == {"model load": 1, "admin load": 1, "forward": serving.threads, "routing": 1}
+    assert torch.get_num_threads() == serving.threads
+
+
 def test_a_request_joins_a_batch_that_is_already_decoding(engine) -> None:
     long_params = SamplingParams(max_tokens=48, temperature=0)
     short_params = SamplingParams(max_tokens=6, temperature=0)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +71,22 @@ def configure_cpu_threads() -> None:
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(max(1, cores))
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the torch work inside on one intra-op thread, for work beside a thread that serves forward passes.
+
+    OpenMP gives every thread that runs a parallel torch op a team of worker threads of its own, and on CPU a
+    second team slows the first long after its own work is done: on 2 cores, once the main thread had run
+    parallel ops (loading a model), another thread's elementwise ops ran 2-4x and its bf16 matmuls 1.2x
+    slower; a thread on one intra-op thread creates no team."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 # Up to this many tokens a row, plain matmul attention trained ~10% faster per step on CPU than PyTorch's fused

@@ -32,7 +32,7 @@ from niche.data.examples import Example
 from niche.data.template import PromptTemplate, TemplateEncoder, build_template
 from niche.errors import ModelError, NicheError
 from niche.eval.generation import AnswerTrie, answer_trie
-from niche.hardware import detect_hardware
+from niche.hardware import detect_hardware, one_thread
 from niche.models import load_model, load_tokenizer, prepare_for_inference
 from niche.serve import decode_attention, multilora
 from niche.serve.constraints import JsonGrammar, LabelConstraint, TokenConstraint
@@ -320,15 +320,16 @@ class EngineCore:
             self.encoders[name] = TemplateEncoder(self.tokenizer, manifest.template.to_template())
             self.label_tries.pop(name, None)
 
+    # Admin calls and routing run in the server's request threads, beside the scheduler: on one thread each.
     def load(self, name: str) -> None:
         self.encoder_of(name)
-        with self.lock:
+        with self.lock, one_thread():
             if self._acquire(name) is None:
                 raise ServerBusy(f"all {self.max_loaded} adapter slots are serving requests; try again")
 
     def unload(self, name: str) -> bool:
         self.encoder_of(name)
-        with self.lock:
+        with self.lock, one_thread():
             return self._retire(name)
 
     def loaded_specialists(self) -> list[str]:
@@ -342,7 +343,8 @@ class EngineCore:
         examples = {
             name: training_inputs(directory, manifest) for name, (directory, manifest) in self.specialists.items()
         }
-        return DomainRouter(examples, BASE_MODEL_NAME, threshold, embedder=embedder)
+        with one_thread():
+            return DomainRouter(examples, BASE_MODEL_NAME, threshold, embedder=embedder)
 
     def model_names(self) -> list[str]:
         return [*self.specialists, BASE_MODEL_NAME]
@@ -426,7 +428,11 @@ class TorchEngine(EngineCore):
     ) -> None:
         super().__init__(specialists_dir, max_loaded, timeout_s)
         hardware = detect_hardware()
-        self.model: Any = load_model(self.base, hardware.dtype, hardware.device).eval()
+        # Every forward pass runs in the scheduler thread, on all of these; the calling thread loads the model
+        # on one, so that it creates no OpenMP team of its own to slow the scheduler's (`one_thread`).
+        self.threads = torch.get_num_threads()
+        with one_thread():
+            self.model: Any = load_model(self.base, hardware.dtype, hardware.device).eval()
         self.vocab_size = self.model.config.vocab_size
         self.device = hardware.device
         self.context_length = getattr(self.model.config, "max_position_embeddings", None)
@@ -502,6 +508,7 @@ class TorchEngine(EngineCore):
     # ---- scheduling -----------------------------------------------------------------------------------------
 
     def _schedule(self) -> None:
+        torch.set_num_threads(self.threads)
         while not self._closed.is_set():
             try:
                 self._gather(wait=not self.rows)

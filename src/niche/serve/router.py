@@ -17,6 +17,7 @@ import numpy as np
 
 from niche.data.formats import load_examples
 from niche.errors import ModelError
+from niche.hardware import one_thread
 from niche.specialist import SpecialistManifest
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,8 @@ class DomainRouter:
         return np.asarray(self.embedder.encode(texts, normalize_embeddings=True, show_progress_bar=False))
 
     def scores(self, text: str) -> dict[str, float]:
-        query = self._embed([text])[0]
+        with one_thread():  # in a request thread, beside the engine's scheduler thread
+            query = self._embed([text])[0]
         result = {}
         for name, matrix in self.embeddings.items():
             similarities = np.sort(matrix @ query)[::-1][: self.top_k]
