@@ -428,7 +428,7 @@ class TorchEngine(EngineCore):
     ) -> None:
         super().__init__(specialists_dir, max_loaded, timeout_s)
         hardware = detect_hardware()
-        # Every forward pass runs in the scheduler thread, on all of these; the calling thread loads the model
+        # Every forward pass runs in the scheduler thread, on this many threads; the calling thread loads the model
         # on one, so that it creates no OpenMP team of its own to slow the scheduler's (`one_thread`).
         self.threads = torch.get_num_threads()
         with one_thread():
