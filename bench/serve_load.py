@@ -128,11 +128,15 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
 
 
-async def idle_probe(url: str, model: str) -> list[dict]:
-    """Short prompts one by one on an otherwise idle server; the first few warm it up."""
+def bench_client(url: str):
     import openai
 
-    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=600)
+    return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=600)
+
+
+async def idle_probe(url: str, model: str) -> list[dict]:
+    """Short prompts one by one on an otherwise idle server; the first few warm it up."""
+    client = bench_client(url)
     idle = [await one_request(client, model, text, 8) for text in IDLE_PROMPTS]
     await client.close()
     return idle[3:]
@@ -142,9 +146,7 @@ async def load(
     url: str, models: list[str], texts: list[str], clients: int, seconds: float, max_tokens: int, seed: int
 ) -> tuple[list[dict], float]:
     """N clients sending mixed requests back to back for `seconds`; the finished requests and the time taken."""
-    import openai
-
-    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=600)
+    client = bench_client(url)
     rng = random.Random(seed)
     results: list[dict] = []
     stop_at = time.perf_counter() + seconds
