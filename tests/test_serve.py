@@ -440,6 +440,30 @@ def test_forward_passes_run_on_every_core_in_the_scheduler_and_the_work_beside_i
     assert torch.get_num_threads() == serving.threads
 
 
+def test_a_failed_prefill_fails_its_requests_at_once_and_the_engine_serves_on(engine) -> None:
+    question = [{"role": "user", "content": "ticket 12: invoice charged twice"}]
+    params = SamplingParams(max_tokens=4, temperature=0)
+    original_forward = engine._forward
+    failures = []
+
+    def forward(adapters, **inputs):
+        if inputs["input_ids"].shape[1] > 1 and not failures:
+            failures.append(len(adapters))
+            raise RuntimeError("out of memory in the prefill")
+        return original_forward(adapters, **inputs)
+
+    engine._forward = forward
+    try:
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="out of memory in the prefill"):
+            engine.complete("router", question, params)
+        assert time.monotonic() - started < 10, "the request failed at once, not at its timeout"
+        assert engine.complete("router", question, params).text == "billing"
+    finally:
+        del engine._forward
+    assert failures == [1]
+
+
 def test_a_request_joins_a_batch_that_is_already_decoding(engine) -> None:
     long_params = SamplingParams(max_tokens=48, temperature=0)
     short_params = SamplingParams(max_tokens=6, temperature=0)

@@ -438,6 +438,7 @@ class TorchEngine(EngineCore):
         self.context_length = getattr(self.model.config, "max_position_embeddings", None)
         self.max_batch_size = max(1, max_batch_size)
         self.max_wait = max_wait_ms / 1000
+        self.admitting: list[Generation] = []  # newcomers being prefilled
         self.cache: Any = None  # a BatchKVCache, or for models with other cache layers the batch's own cache
         self.attention_mask: torch.Tensor | None = None  # of a cache other than BatchKVCache, which keeps its own
         self.model_config = self.model.config
@@ -521,10 +522,11 @@ class TorchEngine(EngineCore):
             except Exception as error:  # noqa: BLE001 - one failed step fails its rows, never the server
                 log.exception("batch step failed")
                 with self.lock:
-                    for row in [*self.rows]:
+                    for row in [*self.rows, *self.admitting]:
                         if not row.finished:
                             row.events.put(error)
-                    self.rows, self.cache, self.attention_mask = [], None, None
+                            row.finished = True
+                    self.rows, self.admitting, self.cache, self.attention_mask = [], [], None, None
                     self._delete_retired()
 
     def _gather(self, wait: bool) -> None:
@@ -572,7 +574,9 @@ class TorchEngine(EngineCore):
             admitted.append(generation)
             self.waiting.remove(generation)
         if admitted:
+            self.admitting = admitted  # no longer waiting, not yet rows: a failed prefill must fail them too
             self._prefill(admitted)
+            self.admitting = []
 
     def _can_join(self) -> bool:
         """Only a batch of plain (full-attention) caches takes newcomers while it runs: a sliding-window layer
