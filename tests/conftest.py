@@ -132,6 +132,7 @@ def tiny_config(tmp_path: Path, tiny_base: Path, label_data: dict[str, Path]):
                 "training.batch_size=4",
                 "training.eval_every=2",
                 "training.learning_rate=0.01",
+                "training.objective=generate",
                 "lora.r=4",
                 "lora.alpha=8",
                 "lora.dropout=0.0",

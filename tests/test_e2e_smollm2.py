@@ -27,6 +27,7 @@ def test_smollm2_specialist_reloads_with_peft_and_gives_the_same_outputs(smollm2
             "lora.dropout=0.0",
             "lora.r=8",
             "lora.alpha=16",
+            "training.objective=generate",
         ],
     )
     # A small validation split keeps the test quick; the real one is still parsed and label-checked by prepare_data.

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from niche.eval.metrics import generation_metrics, json_metrics, label_metrics, rouge_l, token_f1
@@ -31,10 +33,33 @@ def test_generation_metrics_exact_match_ignores_whitespace() -> None:
     assert metrics["exact_match"] == 0.5
 
 
-def test_json_metrics_valid_rate_and_field_accuracy() -> None:
+def test_json_metrics_valid_rate_and_per_field_precision_recall_f1() -> None:
     references = ['{"category": "iam", "severity": "high"}', '{"category": "network", "severity": "low"}']
     predictions = ['{"category": "iam", "severity": "low"}', "not json"]
     metrics = json_metrics(predictions, references)
     assert metrics["valid_json"] == 0.5
     assert metrics["exact_match"] == 0.0
-    assert metrics["field_accuracy"] == {"category": 0.5, "severity": 0.0}
+    category, severity = metrics["fields"]["category"], metrics["fields"]["severity"]
+    assert (category["precision"], category["recall"]) == (1.0, 0.5), "the unparsable answer misses both fields"
+    assert (severity["tp"], severity["fp"], severity["fn"]) == (0, 1, 2), "a wrong value is a false positive and a miss"
+    assert metrics["field_precision"] == 0.5 and metrics["field_recall"] == 0.25
+    assert metrics["field_f1"] == pytest.approx(1 / 3)
+    assert [row["row"] for row in metrics["worst_rows"]] == [1, 0]
+
+
+def test_json_field_scores_count_list_elements_as_a_multiset_and_nested_fields_by_path() -> None:
+    reference = json.dumps({"tags": ["a", "a", "b"], "slots": {"city": "Paris"}})
+    prediction = json.dumps({"tags": ["a", "b", "c"], "slots": {"city": "Paris", "date": "today"}})
+    metrics = json_metrics([prediction], [reference])
+    tags = metrics["fields"]["tags"]
+    assert (tags["tp"], tags["fp"], tags["fn"]) == (2, 1, 1), "one 'a' and the 'b' found, 'c' extra, one 'a' missed"
+    assert metrics["fields"]["slots.city"]["f1"] == 1.0
+    assert (metrics["fields"]["slots.date"]["fp"], metrics["fields"]["slots.date"]["fn"]) == (1, 0)
+
+
+def test_json_metrics_report_the_share_valid_against_the_schema() -> None:
+    schema = {"type": "object", "properties": {"severity": {"enum": ["low", "high"]}}, "required": ["severity"]}
+    metrics = json_metrics(
+        ['{"severity": "low"}', '{"severity": "urgent"}'], ['{"severity": "low"}'] * 2, schema=schema
+    )
+    assert metrics["valid_json"] == 1.0 and metrics["schema_valid"] == 0.5

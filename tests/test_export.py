@@ -51,6 +51,7 @@ def tiny_specialist(tmp_path_factory, tiny_base) -> Path:
             "training.batch_size=8",
             "training.eval_every=12",
             "training.learning_rate=0.01",
+            "training.objective=generate",
             "lora.r=8",
             "lora.alpha=16",
         ],
@@ -164,7 +165,13 @@ def test_smollm2_specialist_exports_to_ollama_and_merged_with_parity(tmp_path, m
     monkeypatch.setenv("NICHE_DTYPE", "float32")
     config = load_config(
         REPO / "examples" / "cloudsec" / "niche.yaml",
-        [f"output_dir={tmp_path}", "training.max_steps=6", "training.batch_size=8", "training.eval_every=6"],
+        [
+            f"output_dir={tmp_path}",
+            "training.max_steps=6",
+            "training.batch_size=8",
+            "training.eval_every=6",
+            "training.objective=generate",
+        ],
     )
     specialist = train(config, show_progress=False).specialist_dir
     command = [sys.executable, "-m", "niche.cli", "export", str(specialist), "--parity-rows", "8"]

@@ -183,6 +183,7 @@ def test_ladder_runs_every_rung_and_writes_the_report(tmp_path, tiny_base, handb
             "training.batch_size=8",
             "training.eval_every=30",
             "training.learning_rate=0.01",
+            "training.objective=generate",
             f"rag.documents=[{handbook}]",
             "rag.top_k=1",
             "rag.chunk_size=200",
@@ -195,9 +196,20 @@ def test_ladder_runs_every_rung_and_writes_the_report(tmp_path, tiny_base, handb
         ],
     )
     report = run_ladder(config, show_progress=False)
-    assert [rung.name for rung in report.rungs] == ["base", "base+rag", "specialist", "specialist+rag"]
-    specialist = report.rungs[2]
-    assert specialist.headline == 1.0 and report.recommendation in {"specialist", "base+rag", "base"}
+    assert [rung.name for rung in report.rungs] == [
+        "base",
+        "base+rag",
+        "specialist",
+        "specialist+rag",
+        "tfidf+logreg",
+        "embeddings+logreg",
+    ]
+    specialist, tfidf = report.rungs[2], report.rungs[4]
+    assert specialist.headline == 1.0 and specialist.build_seconds > 0
+    assert tfidf.headline == 1.0 and tfidf.build_seconds > 0 and tfidf.cost_per_thousand_requests > 0
+    # The keyword task is one a classic baseline solves: honest advice recommends it over any language model.
+    assert report.recommendation in {"tfidf+logreg", "embeddings+logreg"}
+    assert "needs no language model" in report.reason
     assert report.rungs[1].prompt_tokens_per_request > report.rungs[0].prompt_tokens_per_request, "context costs tokens"
     assert report.retrieval["recall@1"] == pytest.approx(1.0) and report.retrieval["chunks"] == 4
     assert set(report.forgetting) >= {"base", "specialist", "accuracy_relative_change", "forgetting"}

@@ -56,6 +56,7 @@ def specialists_dir(tmp_path_factory, tiny_base) -> Path:
                 "training.batch_size=8",
                 "training.eval_every=30",
                 "training.learning_rate=0.01",
+                "training.objective=generate",
                 "lora.r=16",
                 "lora.alpha=32",
             ],
@@ -263,8 +264,7 @@ def test_label_response_format_only_decodes_labels(server) -> None:
 
 
 def test_an_answer_that_stops_at_once_is_empty_not_an_error(engine) -> None:
-    from niche.eval.generation import AnswerTrie
-    from niche.serve.constraints import LabelConstraint
+    from niche.decoding import AnswerTrie, LabelConstraint
 
     encoder = engine.encoder_of("router")
     prompt = encoder.prompt_ids(Example(messages=({"role": "user", "content": "ticket 5"},), response=""))

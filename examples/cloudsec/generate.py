@@ -4,15 +4,24 @@ Each row is a finding as an on-call engineer would see it (a scanner line, a clo
 provider alert, a ticket, a chat message) and the category a security team files it
 under. Run `python examples/cloudsec/generate.py` to rewrite the three split files;
 the output is seeded and stable.
+
+The same findings also make a JSON extraction task, in `examples/cloudsec-extract/`: the answer is the
+category and the details the text names (cloud, source, team, environment, region, user, ...), one JSON object
+per finding, as an intent with its slots.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import string
 from pathlib import Path
 
 HERE = Path(__file__).parent
+EXTRACT_DIR = HERE.parent / "cloudsec-extract"
+# Details the extraction answer reports, in this order, when the finding's text names them.
+EXTRACTED_SLOTS = ("cloud", "source", "team", "environment", "region", "account", "user", "ip", "cve")
+SLOT_NAMES = {"cloud_name": "cloud", "env": "environment"}
 SPLITS = {"train": 720, "validation": 120, "test": 160}
 
 REGIONS = {
@@ -316,22 +325,30 @@ WRAPPERS = [
 CLOUD_NAMES = {"aws": "AWS", "azure": "Azure", "gcp": "GCP"}
 
 
-def make_finding(rng: random.Random, category: str) -> str:
+def placeholders(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def make_finding(rng: random.Random, category: str) -> tuple[str, dict[str, str]]:
+    """The finding's text, and the details it names (for the extraction task)."""
     scenarios = SCENARIOS[category]
     clouds = [cloud for cloud in ("aws", "azure", "gcp") if cloud in scenarios]
     cloud = rng.choice(clouds)
     pool = scenarios[cloud] + scenarios.get("any", [])
     values = slots(rng, cloud)
-    detail = rng.choice(pool).format(**values)
+    scenario = rng.choice(pool)
+    detail = scenario.format(**values)
     source = rng.choice(SOURCES[cloud] + GENERIC_SOURCES)
     wrapper = rng.choice(WRAPPERS)
-    return wrapper.format(
-        detail=detail, source=source, cloud_name=CLOUD_NAMES[cloud], ticket=rng.randint(100, 9999), **values
-    )
+    filled = {"source": source, "cloud_name": CLOUD_NAMES[cloud], **values}
+    text = wrapper.format(detail=detail, ticket=rng.randint(100, 9999), **filled)
+    named = placeholders(scenario) | placeholders(wrapper)
+    details = {SLOT_NAMES.get(name, name): filled[name] for name in named if name in filled}
+    return text, {slot: details[slot] for slot in EXTRACTED_SLOTS if slot in details}
 
 
 def generate(seed: int = 7) -> dict[str, list[dict[str, str]]]:
-    """Balanced splits with no text shared between them."""
+    """Balanced splits with no text shared between them; each row carries its extraction answer as `details`."""
     rng = random.Random(seed)
     categories = sorted(SCENARIOS)
     seen: set[str] = set()
@@ -340,14 +357,19 @@ def generate(seed: int = 7) -> dict[str, list[dict[str, str]]]:
         rows = []
         while len(rows) < size:
             category = categories[len(rows) % len(categories)]
-            text = make_finding(rng, category)
+            text, details = make_finding(rng, category)
             if text in seen:
                 continue
             seen.add(text)
-            rows.append({"text": text, "label": category})
+            rows.append({"text": text, "label": category, "details": details})
         rng.shuffle(rows)
         splits[split] = rows
     return splits
+
+
+def extraction_row(row: dict) -> dict[str, str]:
+    answer = {"category": row["label"], "details": row["details"]}
+    return {"prompt": row["text"], "completion": json.dumps(answer, ensure_ascii=False)}
 
 
 # The triage handbook: what each category covers, for the retrieval rungs of `niche ladder`.
@@ -396,11 +418,16 @@ def write_handbook(directory: Path) -> None:
         (directory / f"{category}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def write_rows(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    print(f"wrote {len(rows)} rows to {path}")
+
+
 def main() -> None:
+    EXTRACT_DIR.mkdir(exist_ok=True)
     for split, rows in generate().items():
-        path = HERE / f"{split}.jsonl"
-        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-        print(f"wrote {len(rows)} rows to {path}")
+        write_rows(HERE / f"{split}.jsonl", [{"text": row["text"], "label": row["label"]} for row in rows])
+        write_rows(EXTRACT_DIR / f"{split}.jsonl", [extraction_row(row) for row in rows])
     write_handbook(HERE / "handbook")
     print(f"wrote the triage handbook to {HERE / 'handbook'}")
 

@@ -313,8 +313,10 @@ def print_report(report: Any) -> None:
         table.add_column(result.name, justify="right")
     for metric, value in report.results[0].metrics.items():
         if isinstance(value, (int, float)):
-            table.add_row(metric, *[_cell(result.metrics[metric]) for result in report.results])
+            table.add_row(metric, *[_cell(result.metrics.get(metric, "")) for result in report.results])
     table.add_row("examples/s", *[f"{result.examples_per_s:.2f}" for result in report.results])
+    if any("fit_seconds" in result.details for result in report.results):
+        table.add_row("fit (s)", *[_cell(result.details.get("fit_seconds", "")) for result in report.results])
     console.print(table)
 
 
@@ -332,12 +334,19 @@ def eval_command(
     ] = None,
     constrain: Annotated[bool | None, typer.Option(help="Label tasks: decode only labels from the label set.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Inference batch size.")] = None,
+    baselines: Annotated[
+        bool,
+        typer.Option(
+            help="Label tasks: also fit TF-IDF and sentence-embedding logistic regressions on the specialist's "
+            "training rows and score them beside it."
+        ),
+    ] = False,
     out: Annotated[Path | None, typer.Option(help="Write eval.json, eval.md and predictions.jsonl here.")] = None,
 ) -> None:
     """Score a specialist (and optionally its base) on held-out data: table in the terminal, JSON and markdown on disk."""
     from niche.eval import evaluate, write_report
 
-    report = evaluate(specialist, data, base=base, constrain=constrain, batch_size=batch_size)
+    report = evaluate(specialist, data, base=base, constrain=constrain, batch_size=batch_size, baselines=baselines)
     print_report(report)
     target = write_report(report, out or specialist.parent / "reports" / f"{specialist.name}-{data.stem}")
     console.print(f"report written to {target}")

@@ -6,6 +6,7 @@ Relative paths in the file are resolved against the file's own directory, and
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,11 +19,32 @@ DataFormat = Literal["auto", "label", "prompt_completion", "alpaca", "chat"]
 TaskKind = Literal["auto", "label", "generation", "json"]
 
 
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*(?:(\d+(?:\.\d+)?)\s*s?)?\s*$")
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds from 1800, "1800", "90s", "30m", "1h" or "1h30m"."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value).lower())
+        if not match or not any(match.groups()):
+            raise ValueError(f"{value!r} is not a duration: expected seconds or e.g. 90s, 30m, 1h30m")
+        hours, minutes, secs = (float(part) if part else 0.0 for part in match.groups())
+        seconds = hours * 3600 + minutes * 60 + secs
+    if seconds <= 0:
+        raise ValueError(f"{value!r}: a duration must be positive")
+    return seconds
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class DataConfig(_Strict):
+    # `schema` in niche.yaml; `schema_` in Python (BaseModel has a `schema` attribute) and in stored configs.
+    model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True)
+
     train: Path | None = Field(
         None, description="Training examples (JSONL or CSV); `niche pipeline` fills it from curated pipeline.inputs."
     )
@@ -30,13 +52,25 @@ class DataConfig(_Strict):
     test: Path | None = Field(None, description="Held-out examples used by `niche eval` and `niche demo`.")
     format: DataFormat = Field("auto", description="Row shape; detected from the field names when 'auto'.")
     task: TaskKind = Field("auto", description="label, generation or json; detected from the data when 'auto'.")
+    schema_: Path | None = Field(
+        None,
+        alias="schema",
+        description="JSON tasks: a JSON Schema file every answer must match; inferred from the training answers "
+        "(keys, types, enums for small closed sets of strings) when absent. Eval and serve decode under it.",
+    )
     fields: dict[str, str] = Field(
         default_factory=dict,
         description="Map canonical field names (text, label, prompt, completion, instruction, input, output, "
         "messages, context) to the column names used in your files.",
     )
     validation_fraction: float = Field(
-        0.1, gt=0, lt=0.5, description="Share of train held out when no validation file."
+        0.1, gt=0, lt=0.5, description="Share of train held out when no validation file (at most validation_max_rows)."
+    )
+    validation_max_rows: int = Field(
+        500,
+        ge=1,
+        description="Validation rows scored at most: a larger validation file, or the share held out of train, is "
+        "sampled down to this many, stratified by label (each pass then costs little; see training.eval_every).",
     )
     replay: Path | None = Field(
         None, description="General-domain rows (any shape) mixed into training against forgetting."
@@ -52,8 +86,8 @@ class PromptConfig(_Strict):
 
 
 class LoraSettings(_Strict):
-    r: int = Field(16, ge=1, description="LoRA rank.")
-    alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    r: int | None = Field(None, ge=1, description="LoRA rank; chosen from the data when absent (niche.train.recipe).")
+    alpha: int | None = Field(None, ge=1, description="LoRA scaling numerator (scale = alpha / r); 2 x r when absent.")
     dropout: float = Field(
         0.0,
         ge=0,
@@ -66,16 +100,38 @@ class LoraSettings(_Strict):
 
 
 class TrainingSettings(_Strict):
-    learning_rate: float = Field(2e-4, gt=0)
+    """Fields left empty are chosen from the data by niche.train.recipe; the values used land in niche.json."""
+
+    learning_rate: float | None = Field(None, gt=0, description="Peak learning rate; chosen from the data when absent.")
     scheduler: str = Field("cosine", description="Any transformers scheduler name (linear, cosine, constant, ...).")
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    epochs: float = Field(1.0, gt=0)
+    epochs: float | None = Field(
+        None, gt=0, description="Passes over the training rows; chosen from the data size when absent."
+    )
     max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1 means use epochs.")
-    batch_size: int = Field(8, ge=1)
+    time_budget: float | None = Field(
+        None,
+        description="Wall-clock budget for the whole run (seconds, or 90s, 30m, 1h30m): the number of steps that fits "
+        "is planned from measured throughput, the schedule ends there, and the run stops on time.",
+    )
+    batch_size: int | None = Field(None, ge=1, description="Rows per optimizer step; chosen from the data when absent.")
     gradient_accumulation: int = Field(1, ge=1)
     max_seq_length: int = Field(512, ge=16)
     seed: int = 42
-    eval_every: int = Field(50, ge=1, description="Evaluate on the validation split every N optimizer steps.")
+    eval_every: int | None = Field(
+        None,
+        ge=1,
+        description="Validate every N optimizer steps; when absent, about 8 times a run and at most ~10% of its time.",
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many validations without improvement (off when absent)."
+    )
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float | None:
+        return None if value is None else parse_duration(value)
+
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk (the best one is always kept).")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
@@ -86,6 +142,14 @@ class TrainingSettings(_Strict):
     forgetting_threshold: float = Field(0.05, ge=0, description="Relative accuracy drop that triggers the action.")
     forgetting_action: Literal["warn", "stop"] = "warn"
     method: Literal["sft", "grpo"] = Field("sft", description="sft (supervised) or grpo (rewards; see grpo:).")
+    objective: Literal["auto", "classify", "generate"] = Field(
+        "auto",
+        description="classify: a label head answers label tasks in one forward pass; generate: the answer is "
+        "decoded. auto: classify for label tasks, generate otherwise.",
+    )
+    head_layer: int | None = Field(
+        None, ge=1, description="classify: the decoder layer whose output the head reads; chosen when absent."
+    )
 
 
 class EvalSettings(_Strict):
@@ -310,6 +374,7 @@ def resolve_paths(config: NicheConfig, base_dir: Path) -> NicheConfig:
             "validation": resolve(config.data.validation),
             "test": resolve(config.data.test),
             "replay": resolve(config.data.replay),
+            "schema_": resolve(config.data.schema_),
         }
     )
     rag = config.rag.model_copy(

@@ -286,11 +286,11 @@ def distill_sequences(
     Every input that does not become a training row is in `.NAME.distill/rejects.jsonl` with the reason."""
     from niche.data.curate import curate
     from niche.data.formats import load_examples
+    from niche.data.prepare import prepare_data
     from niche.data.template import system_prompt_with_labels
     from niche.io import write_text_atomic
     from niche.synth import SynthSettings, Validator
     from niche.train import train
-    from niche.train.sft import prepare_data
 
     texts = read_unlabeled(inputs_path)
     usage: dict[str, int] = {}

@@ -355,6 +355,14 @@ def export_specialist(
         raise ConfigError(f"--to {target!r}: expected merged, gguf, ollama or vllm")
     if quant not in QUANT_FTYPES:
         raise ConfigError(f"--quant {quant!r}: expected one of {', '.join(QUANT_FTYPES)}")
+    if manifest.task.head is not None:
+        if target != "merged":
+            raise ConfigError(
+                f"{manifest.name!r} answers with a label head (one forward pass, no decoding); GGUF, Ollama and "
+                "vLLM's LoRA serving run generative models only. Export it with --to merged (weights plus the head), "
+                "serve it with `niche serve` (torch engine), or retrain with training.objective: generate"
+            )
+        return _export_head_merged(specialist_dir, manifest, Path(out_dir), data, parity_rows)
     if target == "vllm":
         return _export_vllm(specialist_dir, manifest, Path(out_dir))
     inputs = parity_inputs(specialist_dir, manifest, data, parity_rows, max_new_tokens)
@@ -554,6 +562,105 @@ def modelfile(manifest: SpecialistManifest, tokenizer: Any, model_file: str, ada
 
 
 # ---- vLLM -----------------------------------------------------------------------------------------------------
+
+
+HEAD_EXPORT_README = """# {name}: a label head, exported
+
+`model.safetensors` is the base with the LoRA adapter merged (fp32); `{head_file}` is the head. To classify a text:
+
+```python
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained(".").eval()
+tokenizer = AutoTokenizer.from_pretrained(".")
+head = load_file("{head_file}")
+labels = {labels!r}
+ids = tokenizer.apply_chat_template([{{"role": "user", "content": "TEXT"}}], return_tensors="pt", return_dict=True)
+captured = {{}}  # the head reads the output of decoder layer {layer} (before any final norm)
+model.model.layers[{layer} - 1].register_forward_hook(
+    lambda module, args, output: captured.update(hidden=output[0] if isinstance(output, tuple) else output)
+)
+with torch.no_grad():
+    model(**ids)
+hidden = captured["hidden"]
+pooled = (hidden * ids["attention_mask"][..., None]).sum(1) / ids["attention_mask"].sum()
+pooled = torch.nn.functional.layer_norm(pooled, pooled.shape[-1:], head["norm.weight"], head["norm.bias"])
+print(labels[int((pooled @ head["linear.weight"].T + head["linear.bias"]).argmax())])
+```
+"""
+
+
+def _export_head_merged(
+    specialist_dir: Path, manifest: SpecialistManifest, out_dir: Path, data: Path | None, rows: int
+) -> ExportResult:
+    """The adapter merged into the whole fp32 base, with the head beside it; the merged model's head predictions
+    must match the trained specialist's on the held-out rows."""
+    from niche.eval.evaluate import load_test_examples, references_of
+    from niche.eval.metrics import HEADLINE_METRIC, SCORERS
+    from niche.head import HEAD_FILE, classify
+    from niche.specialist import load_label_head, load_specialist
+
+    assert manifest.task.head is not None and manifest.task.labels is not None
+    data = data or (Path(manifest.config["data"]["test"]) if manifest.config.get("data", {}).get("test") else None)
+    if data is None or not Path(data).is_file():
+        raise ConfigError(
+            f"export parity needs held-out examples: pass --data FILE (the specialist's data.test is {data})"
+        )
+    trained, tokenizer, _ = load_specialist(specialist_dir, "cpu", torch.float32)
+    head = load_label_head(specialist_dir, manifest, trained)
+    examples = load_test_examples(Path(data), manifest)[:rows]
+    encoder = TemplateEncoder(tokenizer, manifest.template.to_template())
+    labels = manifest.task.labels
+    expected = classify(trained, head, encoder, labels, examples)
+    result = ExportResult("merged", out_dir, {})
+    with atomic_directory(out_dir) as staging:
+        merged = merge_into_base(specialist_dir, staging)
+        # The merged model is whole; classifying reads the head's layer, as the trained (cut) model did.
+        from niche.head import cut_at_layer
+
+        produced = classify(cut_at_layer(merged, manifest.task.head.layer), head, encoder, labels, examples)
+        shutil.copy(specialist_dir / HEAD_FILE, staging / HEAD_FILE)
+        shutil.copy(specialist_dir / "niche.json", staging / "niche.json")
+        readme = HEAD_EXPORT_README.format(
+            name=manifest.name, head_file=HEAD_FILE, labels=labels, layer=manifest.task.head.layer
+        )
+        write_text_atomic(staging / "README.md", readme)
+        references = references_of(examples, manifest.task.kind)
+        identical = sum(a == b for a, b in zip(produced, expected)) / max(1, len(examples))
+        score = HEADLINE_METRIC["label"]
+        parity = Parity(
+            "merged (fp32 safetensors + head)",
+            len(examples),
+            identical,
+            0.0,
+            score,
+            float(SCORERS["label"](expected, references, labels)[score]),
+            float(SCORERS["label"](produced, references, labels)[score]),
+            0.0,
+        )
+        parity.metric_delta = parity.metric_exported - parity.metric_trained
+        if identical < 1.0:
+            raise ParityError(
+                f"the merged export labels {identical:.1%} of {len(examples)} held-out rows as the trained specialist "
+                "does; a full-precision export must label every row alike"
+            )
+        result.parity.append(parity)
+        write_json_atomic(
+            staging / "export.json",
+            {
+                "specialist": manifest.name,
+                "source": str(specialist_dir.resolve()),
+                "target": "merged",
+                "quant": "fp32",
+                "head": manifest.task.head.model_dump(),
+                "parity": [asdict(parity)],
+                "warnings": [],
+            },
+        )
+        result.files = _file_sizes(staging)
+    return result
 
 
 def _export_vllm(specialist_dir: Path, manifest: SpecialistManifest, out_dir: Path) -> ExportResult:

@@ -12,7 +12,6 @@ ladder.html with plots.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import statistics
@@ -25,16 +24,18 @@ from niche.config import NicheConfig
 from niche.data.examples import Example
 from niche.data.template import TemplateEncoder
 from niche.errors import ConfigError
-from niche.eval.evaluate import load_test_examples, references_of, score_model
-from niche.eval.generation import generate_answers
+from niche.eval.evaluate import bare_base, decoding_options, load_test_examples, references_of, score_model, zero_shot
+from niche.eval.generation import answer_examples
 from niche.eval.metrics import HEADLINE_METRIC
 from niche.hardware import detect_hardware
 from niche.io import atomic_directory, sha256_of_file, write_json_atomic, write_text_atomic
 from niche.probes import everyday_questions, probe, read_general_text, read_questions, relative_change
-from niche.specialist import MANIFEST_NAME, load_specialist
+from niche.specialist import MANIFEST_NAME, load_label_head, load_specialist
 from niche.tracking import log_to_run, tracked_run
 
 RUNGS = (("base", False, False), ("base+rag", False, True), ("specialist", True, False), ("specialist+rag", True, True))
+# Label tasks add the classic baselines as rungs: no language model at all (niche.eval.baselines).
+BASELINE_RUNGS = ("tfidf+logreg", "embeddings+logreg")
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Rung:
     cost_per_million_tokens: float
     cost_per_thousand_requests: float
     predictions: list[str] = field(default_factory=list, repr=False)
+    build_seconds: float | None = None  # what it took to get: the specialist's training, a baseline's fit
 
 
 @dataclass
@@ -124,7 +126,7 @@ def _score_rung(
     latencies = []
     for example in examples[: settings.latency_requests]:
         single = time.perf_counter()
-        generate_answers(model, encoder, [example], **(options | {"batch_size": 1}))
+        answer_examples(model, encoder, [example], options | {"batch_size": 1})
         latencies.append((time.perf_counter() - single) * 1000)
     latencies.sort()
     tokens_per_s = (prompt_tokens + completion_tokens) / seconds
@@ -144,14 +146,20 @@ def _score_rung(
 
 
 def recommend(rungs: list[Rung], target: float) -> tuple[str, str]:
-    """The cheapest rung (per request) reaching the target; otherwise the best-scoring one, saying so."""
+    """The cheapest rung (per request) reaching the target; otherwise the best-scoring one, saying so. A classic
+    baseline that reaches the target is recommended like any rung: it needs no language model at all."""
     meeting = [rung for rung in rungs if rung.headline >= target]
     if meeting:
         choice = min(meeting, key=lambda rung: rung.cost_per_thousand_requests)
-        return choice.name, (
+        reason = (
             f"{choice.name} reaches the target {target:g} ({choice.headline:.3f}) at the lowest cost per request "
             f"among the {len(meeting)} rung(s) that do"
         )
+        if choice.name in BASELINE_RUNGS:
+            specialist = next((rung for rung in rungs if rung.name == "specialist"), None)
+            versus = f" (the specialist scores {specialist.headline:.3f})" if specialist else ""
+            reason += f"; a classic baseline needs no language model: use it{versus}"
+        return choice.name, reason
     best = max(rungs, key=lambda rung: rung.headline)
     return best.name, f"no rung reaches the target {target:g}; {best.name} scores highest ({best.headline:.3f})"
 
@@ -171,12 +179,8 @@ def run_ladder(config: NicheConfig, *, show_progress: bool = True) -> LadderRepo
     examples = load_test_examples(config.data.test, manifest)
     references = references_of(examples, manifest.task.kind)
     encoder = TemplateEncoder(tokenizer, manifest.template.to_template())
-    constrained = bool(config.eval.constrain_to_labels and manifest.task.kind == "label" and manifest.task.labels)
-    options = {
-        "batch_size": config.eval.batch_size,
-        "max_new_tokens": config.eval.max_new_tokens,
-        "allowed_answers": manifest.task.labels if constrained else None,
-    }
+    options = decoding_options(manifest, config.eval.constrain_to_labels, config.eval.batch_size)
+    head = load_label_head(config.specialist_dir, manifest, model)
     notes: list[str] = []
     index = _index_for(config, show_progress)
     retrieval: dict[str, Any] = {}
@@ -196,23 +200,50 @@ def run_ladder(config: NicheConfig, *, show_progress: bool = True) -> LadderRepo
     for name, with_adapter, with_rag in RUNGS:
         if with_rag and rag_examples is None:
             continue
-        context = contextlib.nullcontext() if with_adapter else model.disable_adapter()
-        with context:
-            rungs.append(
-                _score_rung(
+        rung_examples = rag_examples if with_rag and rag_examples is not None else examples
+        if with_adapter:
+            rung_encoder, rung_options = (
+                encoder,
+                options | ({"head": head, "labels": manifest.task.labels} if head else {}),
+            )
+            rung = _score_rung(
+                name,
+                model,
+                rung_encoder,
+                rung_examples,
+                references,
+                manifest,
+                rung_options,
+                config.ladder,
+                show_progress,
+            )
+            rung.build_seconds = manifest.metrics.get("train_runtime_s")
+        else:
+            rung_encoder, rung_options = (encoder, options) if head is None else zero_shot(manifest, tokenizer, options)
+            with bare_base(model, tokenizer, manifest, "base", hardware) as base_model:
+                rung = _score_rung(
                     name,
-                    model,
-                    encoder,
-                    rag_examples if with_rag else examples,
+                    base_model,
+                    rung_encoder,
+                    rung_examples,
                     references,
                     manifest,
-                    options,
+                    rung_options,
                     config.ladder,
                     show_progress,
                 )
-            )
+        rungs.append(rung)
+    if manifest.task.kind == "label":
+        rungs += _baseline_rungs(manifest, examples, references, config.ladder, show_progress)
     recommendation, reason = recommend(rungs, config.ladder.target)
-    forgetting = _forgetting(model, tokenizer, config, show_progress)
+    if head is None:
+        forgetting = _forgetting(model, tokenizer, config, show_progress)
+    else:
+        forgetting = {}
+        notes.append(
+            "the specialist answers with a label head and never generates: the shared base answers every other "
+            "request unchanged, so there is nothing to forget and the forgetting probes were not run"
+        )
     log_path = config.specialist_dir / "training_log.json"
     report = LadderReport(
         specialist=str(config.specialist_dir),
@@ -234,6 +265,43 @@ def run_ladder(config: NicheConfig, *, show_progress: bool = True) -> LadderRepo
     report.engines = engine_costs(config.ladder.engine_speeds, config.ladder.price_per_hour)
     report.run_id = _track_ladder(config, report)
     return report
+
+
+def _baseline_rungs(
+    manifest: Any, examples: list[Example], references: list[str], settings: Any, show_progress: bool
+) -> list[Rung]:
+    """TF-IDF and embedding logistic regressions fitted on the specialist's training rows, as rungs."""
+    from niche.eval.baselines import run_baselines
+    from niche.eval.evaluate import training_rows
+
+    train_rows, validation_rows = training_rows(manifest)
+    if show_progress:
+        print(f"ladder: fitting the classic baselines on {len(train_rows)} training rows")
+    scores = run_baselines(
+        train_rows,
+        validation_rows,
+        examples,
+        references,
+        manifest.task.labels,
+        latency_requests=settings.latency_requests,
+    )
+    return [
+        Rung(
+            name=score.name,
+            metrics=score.metrics,
+            headline=float(score.metrics[HEADLINE_METRIC["label"]]),
+            examples_per_s=score.examples_per_s,
+            tokens_per_s=float("nan"),
+            prompt_tokens_per_request=0.0,
+            latency_p50_ms=score.latency_p50_ms,
+            latency_p95_ms=score.latency_p95_ms,
+            cost_per_million_tokens=float("nan"),
+            cost_per_thousand_requests=score.cost_per_thousand_requests(settings.price_per_hour),
+            predictions=score.predictions,
+            build_seconds=score.fit_seconds,
+        )
+        for score in scores
+    ]
 
 
 def engine_costs(path: Path | None, price_per_hour: float) -> list[dict[str, Any]]:

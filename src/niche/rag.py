@@ -131,7 +131,7 @@ def _fts_query(text: str) -> str:
 class Embedder:
     def __init__(self, model: Any | None = None) -> None:
         if model is None:
-            from niche.serve.router import load_embedder
+            from niche.embed import load_embedder
 
             model = load_embedder()
         self.model = model

@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from typing import Any
 
 from niche.ladder import LadderReport
 
 
 def _number(value: Any, digits: int = 3) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
@@ -25,9 +26,10 @@ def _rung_rows(report: LadderReport) -> list[list[str]]:
             _number(rung.headline),
             f"{rung.latency_p50_ms:.0f} / {rung.latency_p95_ms:.0f}",
             f"{rung.examples_per_s:.2f}",
-            f"{rung.prompt_tokens_per_request:.0f}",
-            f"{rung.cost_per_million_tokens:.4f}",
-            f"{rung.cost_per_thousand_requests:.4f}",
+            f"{rung.prompt_tokens_per_request:.0f}" if rung.prompt_tokens_per_request else "n/a",
+            _number(rung.cost_per_million_tokens, 4),
+            _number(rung.cost_per_thousand_requests, 4),
+            _number(rung.build_seconds, 0) if rung.build_seconds is not None else "",
         ]
         for rung in report.rungs
     ]
@@ -41,7 +43,10 @@ RUNG_HEADER = [
     "prompt tokens/request",
     "cost / 1M tokens",
     "cost / 1k requests",
+    "train or fit (s)",
 ]
+# Above this many labels the confusion matrix is no longer readable as a picture; eval.md lists the confusions.
+CONFUSION_MATRIX_MAX_LABELS = 30
 
 
 def _forgetting_rows(report: LadderReport) -> list[list[str]]:
@@ -181,7 +186,12 @@ def _plots(report: LadderReport) -> list[tuple[str, str]]:
         plots.append(("Training and validation loss", _png(figure)))
 
     specialist = next((rung for rung in report.rungs if rung.name == "specialist"), None)
-    if report.task_kind == "label" and report.labels and specialist is not None:
+    if (
+        report.task_kind == "label"
+        and report.labels
+        and specialist is not None
+        and len(report.labels) <= CONFUSION_MATRIX_MAX_LABELS
+    ):
         index = {label: position for position, label in enumerate(report.labels)}
         size = len(report.labels)
         matrix = [[0] * (size + 1) for _ in range(size)]

@@ -19,7 +19,8 @@ from niche.data.template import PromptTemplate
 from niche.errors import ModelError
 
 MANIFEST_NAME = "niche.json"
-MANIFEST_VERSION = 1
+# 2: a label specialist may classify with a head (task.head), a JSON specialist carries its output schema.
+MANIFEST_VERSION = 2
 
 
 class BaseModelRecord(BaseModel):
@@ -38,10 +39,22 @@ class TemplateRecord(BaseModel):
         return PromptTemplate(chat_template=self.chat_template, system_prompt=self.system_prompt)
 
 
+class HeadRecord(BaseModel):
+    """A label specialist that classifies with a linear head instead of generating its answer."""
+
+    layer: int  # decoder layers run: the head reads the mean of this layer's output over the prompt's tokens
+    pooling: str = "mean"
+    file: str = "classifier.safetensors"
+
+
 class TaskRecord(BaseModel):
     kind: str
     labels: list[str] | None = None
     data_format: str
+    head: HeadRecord | None = None
+    output_schema: dict[str, Any] | None = None  # JSON tasks: answers are decoded under this schema
+    schema_source: str | None = None  # "inferred from the training answers", or the data.schema file
+    longest_answer_tokens: int | None = None  # the longest training answer: sizes the generation budget
 
 
 class DataFingerprint(BaseModel):
@@ -81,9 +94,15 @@ def read_manifest(specialist_dir: Path) -> SpecialistManifest:
     if not path.is_file():
         raise ModelError(f"{specialist_dir}: not a niche specialist (no {MANIFEST_NAME}); train one with `niche train`")
     try:
-        return SpecialistManifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        manifest = SpecialistManifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, ValidationError) as error:
         raise ModelError(f"{path}: unreadable manifest ({error})") from error
+    if manifest.manifest_version > MANIFEST_VERSION:
+        raise ModelError(
+            f"{path}: manifest version {manifest.manifest_version} was written by a newer niche (this one reads up to "
+            f"{MANIFEST_VERSION}); upgrade niche to use this specialist"
+        )
+    return manifest
 
 
 def resolve_specialist_base(manifest: SpecialistManifest) -> Any:
@@ -109,6 +128,22 @@ def load_specialist(specialist_dir: Path, device: str, dtype: Any) -> tuple[Any,
     manifest = read_manifest(specialist_dir)
     base = resolve_specialist_base(manifest)
     tokenizer = load_tokenizer(base)
-    model = PeftModel.from_pretrained(load_model(base, dtype, device), str(specialist_dir))
+    base_model = load_model(base, dtype, device)
+    if manifest.task.head is not None:
+        from niche.head import cut_at_layer
+
+        # A label head reads one layer's output: the layers past it are never needed.
+        base_model = cut_at_layer(base_model, manifest.task.head.layer)
+    model = PeftModel.from_pretrained(base_model, str(specialist_dir))
     model.eval()
     return prepare_for_inference(model), tokenizer, manifest
+
+
+def load_label_head(specialist_dir: Path, manifest: SpecialistManifest, model: Any) -> Any:
+    """The label head of a head specialist (None for any other), for the model `load_specialist` returned."""
+    if manifest.task.head is None:
+        return None
+    from niche.head import load_head
+
+    hidden_size = model.get_base_model().config.hidden_size
+    return load_head(Path(specialist_dir), hidden_size, len(manifest.task.labels or [])).to(model.device)

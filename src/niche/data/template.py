@@ -32,7 +32,8 @@ class PromptTemplate:
         messages = [dict(message) for message in example.messages]
         if example.context:
             messages[-1]["content"] = f"Context:\n{example.context}\n\n{messages[-1]['content']}"
-        if self.system_prompt and messages[0]["role"] != "system":
+        if self.system_prompt is not None and messages[0]["role"] != "system":
+            # An empty system prompt is sent as an empty system turn: it keeps a template's built-in default out.
             messages.insert(0, {"role": "system", "content": self.system_prompt})
         return messages
 
@@ -72,7 +73,12 @@ class EncodedExample:
 def stop_token_ids(tokenizer: Any, template: PromptTemplate) -> list[int]:
     """Token ids that end an answer: the template's end-of-turn token and the tokenizer's eos."""
     probe = Example(messages=({"role": "user", "content": "x"},), response="y")
-    completion_ids = tokenizer(template.render_completion(tokenizer, probe), add_special_tokens=False)["input_ids"]
+    try:
+        completion = template.render_completion(tokenizer, probe)
+    except NicheError:
+        # A template with no assistant turns (a label head's input) ends nothing but the input: eos alone.
+        completion = ""
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
     ids = {completion_ids[-1]} if completion_ids and completion_ids[-1] in tokenizer.all_special_ids else set()
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
@@ -115,13 +121,31 @@ def default_chat_template(tokenizer: Any) -> str:
 
 
 def build_template(
-    tokenizer: Any, system_prompt: str | None, chat_template: str | None, labels: list[str] | None
+    tokenizer: Any,
+    system_prompt: str | None,
+    chat_template: str | None,
+    labels: list[str] | None,
+    drop_default_system_prompt: bool = False,
 ) -> PromptTemplate:
-    """Freeze the template for a specialist: '{labels}' in the system prompt becomes the label list."""
-    return PromptTemplate(
-        chat_template=chat_template or default_chat_template(tokenizer),
-        system_prompt=system_prompt_with_labels(system_prompt, labels),
-    )
+    """Freeze the template for a specialist: '{labels}' in the system prompt becomes the label list. With
+    `drop_default_system_prompt` and no system prompt, a template that writes a built-in system prompt of its own
+    when none is given (SmolLM2's "You are a helpful AI assistant named SmolLM...", 16 tokens on every row) gets
+    an empty system turn instead."""
+    template = chat_template or default_chat_template(tokenizer)
+    if system_prompt is None and drop_default_system_prompt and writes_default_system_prompt(tokenizer, template):
+        system_prompt = ""
+    return PromptTemplate(chat_template=template, system_prompt=system_prompt_with_labels(system_prompt, labels))
+
+
+def writes_default_system_prompt(tokenizer: Any, chat_template: str) -> bool:
+    """True when the template renders a conversation without a system turn longer than one with an empty one."""
+    user = [{"role": "user", "content": "x"}]
+
+    def rendered(messages: list[dict[str, str]]) -> int:
+        text = tokenizer.apply_chat_template(messages, chat_template=chat_template, tokenize=False)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return rendered(user) > rendered([{"role": "system", "content": ""}, *user])
 
 
 def system_prompt_with_labels(system_prompt: str | None, labels: list[str] | None) -> str | None:

@@ -16,12 +16,12 @@ from niche.data.examples import Example
 from niche.data.formats import load_examples
 from niche.data.tasks import check_labels_known, label_of
 from niche.data.template import TemplateEncoder
-from niche.errors import ModelError
-from niche.eval.generation import generate_answers
-from niche.eval.metrics import HEADLINE_METRIC, SCORERS
+from niche.errors import ConfigError, ModelError
+from niche.eval.generation import answer_examples
+from niche.eval.metrics import HEADLINE_METRIC, SCORERS, json_metrics
 from niche.hardware import detect_hardware
 from niche.io import atomic_directory, sha256_of_file, write_json_atomic, write_text_atomic
-from niche.specialist import SpecialistManifest, load_specialist
+from niche.specialist import SpecialistManifest, load_label_head, load_specialist
 from niche.tracking import log_to_run
 
 
@@ -32,6 +32,7 @@ class ModelScore:
     seconds: float
     examples_per_s: float
     predictions: list[str] = field(repr=False)
+    details: dict[str, Any] = field(default_factory=dict)  # baselines: fit time, latency, chosen settings
 
 
 @dataclass
@@ -67,6 +68,32 @@ def references_of(examples: list[Example], task_kind: str) -> list[str]:
     return [label_of(example) if task_kind == "label" else example.response for example in examples]
 
 
+# Tokens generated beyond the longest training answer before a JSON or free-text answer is cut.
+ANSWER_MARGIN_TOKENS = 32
+
+
+def decoding_options(
+    manifest: SpecialistManifest,
+    constrain: bool | None = None,
+    batch_size: int | None = None,
+    max_new_tokens: int | None = None,
+) -> dict[str, Any]:
+    """How eval decodes for this specialist: label tasks within the label set, JSON tasks under the stored schema
+    (both on unless turned off), with room for the longest training answer."""
+    settings = manifest.config.get("eval", {})
+    constrain = settings.get("constrain_to_labels", True) if constrain is None else constrain
+    task = manifest.task
+    budget = max_new_tokens or max(
+        settings.get("max_new_tokens", 128), (task.longest_answer_tokens or 0) + ANSWER_MARGIN_TOKENS
+    )
+    return {
+        "batch_size": batch_size or settings.get("batch_size", 16),
+        "max_new_tokens": budget,
+        "allowed_answers": task.labels if constrain and task.kind == "label" and task.labels else None,
+        "json_schema": task.output_schema if constrain and task.kind == "json" else None,
+    }
+
+
 def evaluate(
     specialist_dir: Path,
     data_path: Path,
@@ -75,35 +102,44 @@ def evaluate(
     constrain: bool | None = None,
     batch_size: int | None = None,
     max_new_tokens: int | None = None,
+    baselines: bool = False,
     show_progress: bool = True,
 ) -> EvalReport:
-    """Score the specialist, and the bare base model with the identical prompt when `base` is given."""
+    """Score the specialist, the bare base model with the identical prompt when `base` is given, and with
+    `baselines` the classic baselines of a label task fitted on the specialist's own training rows."""
     hardware = detect_hardware()
     model, tokenizer, manifest = load_specialist(specialist_dir, hardware.device, hardware.dtype)
     examples = load_test_examples(Path(data_path), manifest)
-    settings = manifest.config.get("eval", {})
-    constrain = settings.get("constrain_to_labels", True) if constrain is None else constrain
-    constrained = bool(constrain and manifest.task.kind == "label" and manifest.task.labels)
+    options = decoding_options(manifest, constrain, batch_size, max_new_tokens)
+    constrained = options["allowed_answers"] is not None or options["json_schema"] is not None
     encoder = TemplateEncoder(tokenizer, manifest.template.to_template())
-    options = {
-        "batch_size": batch_size or settings.get("batch_size", 16),
-        "max_new_tokens": max_new_tokens or settings.get("max_new_tokens", 128),
-        "allowed_answers": manifest.task.labels if constrained else None,
-    }
     references = references_of(examples, manifest.task.kind)
+    head = load_label_head(specialist_dir, manifest, model)
     results = []
     if base is not None:
-        with _bare_base(model, tokenizer, manifest, base, hardware) as base_model:
+        base_encoder, base_options = (encoder, options) if head is None else zero_shot(manifest, tokenizer, options)
+        with bare_base(model, tokenizer, manifest, base, hardware) as base_model:
             results.append(
                 score_model(
-                    f"base ({base})", base_model, encoder, examples, references, manifest, options, show_progress
+                    f"base ({base})",
+                    base_model,
+                    base_encoder,
+                    examples,
+                    references,
+                    manifest,
+                    base_options,
+                    show_progress,
                 )
             )
+    if head is not None:
+        options = options | {"head": head, "labels": manifest.task.labels}
     results.append(
         score_model(
             f"specialist ({manifest.name})", model, encoder, examples, references, manifest, options, show_progress
         )
     )
+    if baselines:
+        results += baseline_scores(manifest, examples, references, show_progress)
     report = EvalReport(
         specialist=str(specialist_dir),
         data=str(data_path),
@@ -146,15 +182,16 @@ def track_eval(report: EvalReport, manifest: SpecialistManifest, data_path: Path
 
 
 @contextlib.contextmanager
-def _bare_base(model: Any, tokenizer: Any, manifest: SpecialistManifest, base: str, hardware: Any) -> Iterator[Any]:
+def bare_base(model: Any, tokenizer: Any, manifest: SpecialistManifest, base: str, hardware: Any) -> Iterator[Any]:
     """The specialist's own base with the adapter switched off, or another base model loaded separately."""
     from niche.models import load_model, load_tokenizer, prepare_for_inference, resolve_base
 
-    if base in ("base", manifest.base.spec):
+    if base in ("base", manifest.base.spec) and manifest.task.head is None:
         with model.disable_adapter():
             yield model
         return
-    other_base = resolve_base(base)
+    # A label head's model is cut at the head's layer: the base it is compared with is loaded whole.
+    other_base = resolve_base(manifest.base.spec if base == "base" else base)
     if load_tokenizer(other_base).get_vocab() != tokenizer.get_vocab():
         raise ModelError(
             f"base {base!r} has a different tokenizer from {manifest.base.spec!r}, so the stored prompt "
@@ -176,10 +213,84 @@ def score_model(
 ) -> ModelScore:
     started = time.perf_counter()
     with progress_bar(name, len(examples), show_progress) as advance:
-        predictions = generate_answers(model, encoder, examples, on_batch=advance, **options)
+        predictions = answer_examples(model, encoder, examples, options, on_batch=advance)
     seconds = time.perf_counter() - started
-    metrics = SCORERS[manifest.task.kind](predictions, references, manifest.task.labels)
+    metrics = score_predictions(manifest, predictions, references)
     return ModelScore(name, metrics, seconds, len(examples) / seconds if seconds else 0.0, predictions)
+
+
+# How the bare base is asked a label head's task: the head's input is the text alone, which tells a base nothing.
+ZERO_SHOT_PROMPT = "Classify the text into one of these labels: {labels}. Answer with the label only."
+
+
+def zero_shot(
+    manifest: SpecialistManifest, tokenizer: Any, options: dict[str, Any]
+) -> tuple[TemplateEncoder, dict[str, Any]]:
+    """The base model's template with the label list as its system prompt, decoding within the label set."""
+    from niche.data.template import build_template
+
+    template = build_template(tokenizer, ZERO_SHOT_PROMPT, None, manifest.task.labels)
+    return TemplateEncoder(tokenizer, template), options | {"allowed_answers": manifest.task.labels}
+
+
+def score_predictions(manifest: SpecialistManifest, predictions: list[str], references: list[str]) -> dict[str, Any]:
+    if manifest.task.kind == "json":
+        return json_metrics(predictions, references, schema=manifest.task.output_schema)
+    return SCORERS[manifest.task.kind](predictions, references, manifest.task.labels)
+
+
+def training_rows(manifest: SpecialistManifest) -> tuple[list[Example], list[Example]]:
+    """The rows the specialist trained and validated on, rebuilt from its stored config (the split is seeded), after
+    checking the training file is still the one it trained on."""
+    from niche.config import NicheConfig
+    from niche.data.prepare import prepare_data
+
+    recorded = manifest.data.get("train")
+    config = NicheConfig.model_validate(manifest.config)
+    if recorded is None or config.data.train is None or not Path(config.data.train).is_file():
+        raise ConfigError(
+            f"the baselines are fitted on the specialist's training rows, and {recorded.path if recorded else 'its training file'} "
+            "is not there any more; restore it, or retrain"
+        )
+    if sha256_of_file(config.data.train) != recorded.sha256:
+        raise ConfigError(
+            f"{config.data.train}: changed since {manifest.name!r} was trained on it (sha256 {recorded.sha256[:12]}...); "
+            "the baselines must be fitted on the same rows: restore the file or retrain"
+        )
+    data = prepare_data(config)
+    return data.train, data.validation
+
+
+def baseline_scores(
+    manifest: SpecialistManifest, examples: list[Example], references: list[str], show_progress: bool
+) -> list[ModelScore]:
+    """TF-IDF and sentence-embedding logistic regressions, fitted on the specialist's training rows."""
+    from niche.eval.baselines import run_baselines
+
+    if manifest.task.kind != "label":
+        raise ConfigError(
+            f"--baselines: the classic baselines classify labels; {manifest.name!r} is a {manifest.task.kind} task"
+        )
+    train_rows, validation_rows = training_rows(manifest)
+    if show_progress:
+        print(f"fitting the classic baselines on {len(train_rows)} training rows")
+    scores = run_baselines(train_rows, validation_rows, examples, references, manifest.task.labels, seed=0)
+    return [
+        ModelScore(
+            score.name,
+            score.metrics,
+            len(examples) / score.examples_per_s if score.examples_per_s else 0.0,
+            score.examples_per_s,
+            score.predictions,
+            details={
+                "fit_seconds": score.fit_seconds,
+                "latency_p50_ms": score.latency_p50_ms,
+                "latency_p95_ms": score.latency_p95_ms,
+                "settings": score.settings,
+            },
+        )
+        for score in scores
+    ]
 
 
 @contextlib.contextmanager
@@ -200,27 +311,83 @@ def progress_bar(name: str, total: int, enabled: bool) -> Iterator[Any]:
 
 
 def markdown_report(report: EvalReport) -> str:
-    """Side-by-side table of every scalar metric, then each model's top confusions for label tasks."""
+    """Side-by-side table of every scalar metric, the baselines' costs, each model's top confusions (label tasks),
+    per-field scores and the worst rows (JSON tasks)."""
     scalar_names = [key for key, value in report.results[0].metrics.items() if isinstance(value, (int, float))]
     header = "| metric | " + " | ".join(result.name for result in report.results) + " |"
+    constraint = {"label": ", decoding constrained to the label set", "json": ", decoding constrained to the schema"}
     lines = [
         f"# niche eval: {Path(report.specialist).name}",
         "",
         f"Data: `{report.data}` ({report.rows} rows, task {report.task_kind}"
-        f"{', decoding constrained to the label set' if report.constrained else ''}).",
+        f"{constraint.get(report.task_kind, '') if report.constrained else ''}).",
         "",
         header,
         "|" + "---|" * (len(report.results) + 1),
     ]
     for metric in scalar_names:
-        lines.append(f"| {metric} | " + " | ".join(_format(result.metrics[metric]) for result in report.results) + " |")
+        lines.append(
+            f"| {metric} | " + " | ".join(_format(result.metrics.get(metric, "")) for result in report.results) + " |"
+        )
     lines.append("| examples/s | " + " | ".join(f"{result.examples_per_s:.2f}" for result in report.results) + " |")
+    lines += _baseline_lines(report)
     for result in report.results:
         confusions = result.metrics.get("confusions")
         if confusions:
             lines += ["", f"Top confusions, {result.name}:", ""]
             lines += [f"- {row['gold']} → {row['predicted']}: {row['count']}" for row in confusions[:5]]
+    lines += _field_lines(report)
     return "\n".join(lines) + "\n"
+
+
+def _baseline_lines(report: EvalReport) -> list[str]:
+    fitted = [result for result in report.results if "fit_seconds" in result.details]
+    if not fitted:
+        return []
+    lines = [
+        "",
+        "Classic baselines, fitted on the specialist's training rows (C chosen on its validation rows):",
+        "",
+        "| baseline | fit (s) | latency p50 / p95 (ms) | C |",
+        "|---|---|---|---|",
+    ]
+    for result in fitted:
+        details = result.details
+        lines.append(
+            f"| {result.name} | {details['fit_seconds']:.1f} | {details['latency_p50_ms']:.1f} / "
+            f"{details['latency_p95_ms']:.1f} | {details['settings'].get('C')} |"
+        )
+    return lines
+
+
+def _field_lines(report: EvalReport) -> list[str]:
+    lines: list[str] = []
+    for index, result in enumerate(report.results):
+        fields = result.metrics.get("fields")
+        if not fields:
+            continue
+        lines += [
+            "",
+            f"Per field, {result.name}:",
+            "",
+            "| field | precision | recall | F1 | support |",
+            "|---|---|---|---|---|",
+        ]
+        for name, scores in fields.items():
+            support = scores.get("tp", 0) + scores.get("fn", 0)
+            lines.append(
+                f"| {name} | {scores['precision']:.3f} | {scores['recall']:.3f} | {scores['f1']:.3f} | {support} |"
+            )
+        worst = result.metrics.get("worst_rows") or []
+        if worst and report.references:
+            lines += ["", f"Worst rows, {result.name}:", ""]
+            for row in worst[:5]:
+                position = row["row"]
+                lines.append(
+                    f"- `{report.sources[position]}` (field F1 {row['field_f1']:.2f}): expected "
+                    f"`{report.references[position]}`, got `{report.results[index].predictions[position]}`"
+                )
+    return lines
 
 
 def _format(value: Any) -> str:

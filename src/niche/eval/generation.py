@@ -1,4 +1,5 @@
-"""Batched greedy inference with the stored template, optionally constrained to a set of answers."""
+"""Batched greedy inference with the stored template, optionally constrained to a set of answers or to JSON that
+validates against a schema (the grammar engine and constraint objects the server uses: `niche.decoding`)."""
 
 from __future__ import annotations
 
@@ -9,34 +10,39 @@ import torch
 
 from niche.data.examples import Example
 from niche.data.template import TemplateEncoder
+from niche.decoding import AnswerTrie, JsonGrammar, TokenConstraint, answer_trie
 
 
-class AnswerTrie:
-    """Token-level prefix tree of the allowed answers (each ending in its end-of-turn token)."""
+class ConstrainedRows:
+    """A logits processor for generate(): each row follows its own TokenConstraint, which is told every token
+    generate() picked for that row; a finished output allows only its stop tokens."""
 
-    def __init__(self, sequences: Sequence[Sequence[int]], stop_ids: Sequence[int]) -> None:
-        self.root: dict[int, dict] = {}
-        self.stop_ids = list(stop_ids)
-        self.longest = max((len(sequence) for sequence in sequences), default=0)
-        for sequence in sequences:
-            node = self.root
-            for token in sequence:
-                node = node.setdefault(token, {})
+    def __init__(self, constraints: list[TokenConstraint], prompt_width: int, stop_ids: Sequence[int]) -> None:
+        self.constraints = constraints
+        self.prompt_width = prompt_width
+        self.stop_ids = torch.tensor(sorted(stop_ids))
+        self.done = [False] * len(constraints)
 
-    def allowed_after(self, prefix: Sequence[int]) -> list[int]:
-        node = self.root
-        for token in prefix:
-            if token not in node:
-                # The answer is complete (or off the trie): only a stop token may follow.
-                return self.stop_ids
-            node = node[token]
-        return list(node) or self.stop_ids
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        generated = input_ids.shape[1] - self.prompt_width
+        for row, constraint in enumerate(self.constraints):
+            if generated > 0 and not self.done[row]:
+                token = int(input_ids[row, -1])
+                if token in self.stop_ids:
+                    self.done[row] = True
+                else:
+                    constraint.accept(token)
+            if self.done[row] or constraint.complete():
+                only_stop = torch.full_like(scores[row], float("-inf"))
+                only_stop[self.stop_ids] = scores[row, self.stop_ids]
+                scores[row] = only_stop
+            else:
+                scores[row] = constraint.mask(scores[row])
+        return scores
 
 
-def answer_trie(encoder: TemplateEncoder, answers: Sequence[str]) -> AnswerTrie:
-    """Answers tokenized exactly as training tokenized them after the prompt."""
-    probe = Example(messages=({"role": "user", "content": "x"},), response="")
-    return AnswerTrie([encoder.completion_ids(probe, answer) for answer in answers], encoder.stop_ids)
+def json_grammar_for(model: Any, encoder: TemplateEncoder) -> JsonGrammar:
+    return JsonGrammar(encoder.tokenizer, model.config.vocab_size, encoder.stop_ids)
 
 
 def _constraint(trie: AnswerTrie, prompt_width: int) -> Callable[[int, torch.Tensor], list[int]]:
@@ -55,15 +61,22 @@ def generate_answers(
     batch_size: int = 16,
     max_new_tokens: int = 128,
     allowed_answers: Sequence[str] | None = None,
+    json_schema: dict[str, Any] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """Greedy answers for each example, in order; prompts are left-padded and batched by length."""
+    """Greedy answers for each example, in order; prompts are left-padded and batched by length. With
+    `allowed_answers` every answer is one of them; with `json_schema` every answer is JSON valid against it
+    (unless it runs past max_new_tokens)."""
+    from transformers import LogitsProcessorList
+
     tokenizer = encoder.tokenizer
     device = next(model.parameters()).device
     prompts = [encoder.prompt_ids(example) for example in examples]
     trie = answer_trie(encoder, allowed_answers) if allowed_answers else None
     if trie is not None:
         max_new_tokens = trie.longest + 1
+    grammar = json_grammar_for(model, encoder) if json_schema is not None and trie is None else None
+    grammar_text = grammar.compile(json_schema) if grammar is not None else None
     order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
     answers: list[str] = [""] * len(prompts)
     pad_id = tokenizer.pad_token_id
@@ -75,6 +88,10 @@ def generate_answers(
         for row, index in enumerate(indices):
             input_ids[row, width - len(prompts[index]) :] = torch.tensor(prompts[index])
             attention_mask[row, width - len(prompts[index]) :] = 1
+        processors = LogitsProcessorList()
+        if grammar is not None and grammar_text is not None:
+            constraints: list[TokenConstraint] = [grammar.constraint(grammar_text) for _ in indices]
+            processors.append(ConstrainedRows(constraints, width, encoder.stop_ids))
         output = model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
@@ -83,12 +100,33 @@ def generate_answers(
             eos_token_id=encoder.stop_ids,
             pad_token_id=pad_id,
             prefix_allowed_tokens_fn=_constraint(trie, width) if trie else None,
+            logits_processor=processors,
         )
         for row, index in enumerate(indices):
             answers[index] = decode_answer(tokenizer, output[row, width:].tolist(), encoder.stop_ids)
         if on_batch:
             on_batch(len(indices))
     return answers
+
+
+def answer_examples(
+    model: Any,
+    encoder: TemplateEncoder,
+    examples: Sequence[Example],
+    options: dict[str, Any],
+    on_batch: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Each example's answer: from the label head when `options` carries one (one forward pass, no decoding),
+    otherwise greedily generated with the options (batch size, budget, label or schema constraint)."""
+    head = options.get("head")
+    if head is not None:
+        from niche.head import classify
+
+        return classify(
+            model, head, encoder, options["labels"], examples, batch_size=options["batch_size"], on_batch=on_batch
+        )
+    generation = {key: value for key, value in options.items() if key not in ("head", "labels")}
+    return generate_answers(model, encoder, examples, on_batch=on_batch, **generation)
 
 
 def decode_answer(tokenizer: Any, token_ids: Sequence[int], stop_ids: Sequence[int]) -> str:

@@ -87,28 +87,106 @@ def generation_metrics(
     }
 
 
+def flatten_fields(value: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested objects as dotted field names (`slots.date`); lists and scalars stay as they are."""
+    fields: dict[str, Any] = {}
+    for key, item in value.items():
+        name = f"{prefix}{key}"
+        if isinstance(item, dict) and item:
+            fields |= flatten_fields(item, f"{name}.")
+        elif item is not None and item != {}:
+            fields[name] = item
+    return fields
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def field_counts(predicted: dict[str, Any] | None, reference: dict[str, Any]) -> dict[str, Counter[str]]:
+    """True positives, false positives and false negatives per field of one answer. A field's value is right or
+    wrong as a whole; a list counts its elements as a multiset (each element found is one true positive)."""
+    expected, found = flatten_fields(reference), flatten_fields(predicted or {})
+    counts: dict[str, Counter[str]] = {}
+    for name in [*expected, *(key for key in found if key not in expected)]:
+        tally: Counter[str] = Counter()
+        want, got = expected.get(name), found.get(name)
+        if isinstance(want, list) or isinstance(got, list):
+            want_items = Counter(
+                _canonical(item) for item in (want if isinstance(want, list) else [want] if want is not None else [])
+            )
+            got_items = Counter(
+                _canonical(item) for item in (got if isinstance(got, list) else [got] if got is not None else [])
+            )
+            tally["tp"] = sum((want_items & got_items).values())
+            tally["fp"] = sum((got_items - want_items).values())
+            tally["fn"] = sum((want_items - got_items).values())
+        elif want is not None and got is not None and _canonical(want) == _canonical(got):
+            tally["tp"] = 1
+        else:
+            tally["fp"] = int(got is not None)
+            tally["fn"] = int(want is not None)
+        counts[name] = tally
+    return counts
+
+
+def _precision_recall_f1(tally: Counter[str]) -> dict[str, float]:
+    tp, fp, fn = tally["tp"], tally["fp"], tally["fn"]
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / (tp + fn) if tp + fn else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
 def json_metrics(
-    predictions: Sequence[str], references: Sequence[str], labels: Sequence[str] | None = None
+    predictions: Sequence[str],
+    references: Sequence[str],
+    labels: Sequence[str] | None = None,
+    schema: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Valid-JSON rate, whole-object match, and accuracy per field of the reference objects."""
+    """Valid-JSON and schema-valid rates, whole-object match, per-field precision/recall/F1 (micro-averaged over
+    all fields as `field_f1`), accuracy per reference field, and the rows with the lowest field F1."""
     parsed = [parse_json_object(p) for p in predictions]
     expected = [parse_json_object(r) or {} for r in references]
-    field_hits: Counter[str] = Counter()
-    field_totals: Counter[str] = Counter()
+    totals: dict[str, Counter[str]] = {}
+    row_f1 = []
     for prediction, reference in zip(parsed, expected):
-        for key, value in reference.items():
-            field_totals[key] += 1
-            field_hits[key] += prediction is not None and json.dumps(prediction.get(key), sort_keys=True) == json.dumps(
-                value, sort_keys=True
-            )
+        row_tally: Counter[str] = Counter()
+        for name, tally in field_counts(prediction, reference).items():
+            totals.setdefault(name, Counter()).update(tally)
+            row_tally.update(tally)
+        row_f1.append(_precision_recall_f1(row_tally)["f1"])
+    overall: Counter[str] = Counter()
+    for tally in totals.values():
+        overall.update(tally)
     count = len(references) or 1
-    return {
+    metrics: dict[str, Any] = {
         "valid_json": sum(p is not None for p in parsed) / count,
         "exact_match": sum(p == r for p, r in zip(parsed, expected)) / count,
-        "field_accuracy": {key: field_hits[key] / field_totals[key] for key in sorted(field_totals)},
+        "field_precision": _precision_recall_f1(overall)["precision"],
+        "field_recall": _precision_recall_f1(overall)["recall"],
+        "field_f1": _precision_recall_f1(overall)["f1"],
     }
+    if schema is not None:
+        metrics["schema_valid"] = sum(_validates(p, schema) for p in parsed) / count
+    metrics["fields"] = {
+        name: _precision_recall_f1(tally) | {kind: tally[kind] for kind in ("tp", "fp", "fn")}
+        for name, tally in sorted(totals.items())
+    }
+    metrics["worst_rows"] = [
+        {"row": index, "field_f1": row_f1[index]}
+        for index in sorted(range(len(row_f1)), key=row_f1.__getitem__)[:10]
+        if row_f1[index] < 1.0
+    ]
+    return metrics
+
+
+def _validates(value: dict[str, Any] | None, schema: dict[str, Any]) -> bool:
+    import jsonschema
+
+    return value is not None and jsonschema.Draft202012Validator(schema).is_valid(value)
 
 
 Scorer = Callable[[Sequence[str], Sequence[str], Sequence[str] | None], dict[str, Any]]
 SCORERS: dict[str, Scorer] = {"label": label_metrics, "generation": generation_metrics, "json": json_metrics}
-HEADLINE_METRIC = {"label": "accuracy", "generation": "rouge_l", "json": "exact_match"}
+HEADLINE_METRIC = {"label": "accuracy", "generation": "rouge_l", "json": "field_f1"}

@@ -69,7 +69,8 @@ class SamplingFields(BaseModel):
 
     def sampling(self) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        response, schema = "text", None
+        # No response_format: the specialist's own (a JSON specialist's stored schema); "text" asks for free text.
+        response, schema = ("auto" if self.response_format is None else "text"), None
         if self.response_format is not None and self.response_format.type != "text":
             response = "label" if self.response_format.type == "label" else "json"
             if self.response_format.type == "json_schema":

@@ -11,6 +11,7 @@ with each specialist's stored template, so serving sees requests exactly as trai
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -30,12 +31,11 @@ import torch.nn.functional as F
 
 from niche.data.examples import Example
 from niche.data.template import PromptTemplate, TemplateEncoder, build_template
+from niche.decoding import AnswerTrie, JsonGrammar, LabelConstraint, TokenConstraint, answer_trie
 from niche.errors import ModelError, NicheError
-from niche.eval.generation import AnswerTrie, answer_trie
 from niche.hardware import detect_hardware, one_thread
 from niche.models import load_model, load_tokenizer, prepare_for_inference
 from niche.serve import decode_attention, multilora
-from niche.serve.constraints import JsonGrammar, LabelConstraint, TokenConstraint
 from niche.serve.kvcache import BatchKVCache, is_plain
 from niche.specialist import MANIFEST_NAME, SpecialistManifest, read_manifest, resolve_specialist_base
 from niche.tracking import deployed_version
@@ -64,7 +64,9 @@ class SamplingParams:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
-    response: str = "text"  # text | label (the specialist's label set) | json (json_schema, or any object)
+    # text | label (the specialist's label set) | json (json_schema, or any object) | auto (json under a JSON
+    # specialist's stored schema, text otherwise)
+    response: str = "text"
     json_schema: dict[str, Any] | None = None
     ignore_eos: bool = False  # benchmarks: decode max_tokens whatever the model says
 
@@ -242,11 +244,40 @@ class EngineCore:
 
     # ---- requests -------------------------------------------------------------------------------------------
 
+    # Whether this engine answers label-head specialists (one forward pass, no decoding).
+    runs_label_heads = False
+
     def submit(self, name: str, messages: list[dict[str, str]], params: SamplingParams) -> Generation:
         """Queue a request; bad requests (unknown model, bad schema, too long) fail here, before any work."""
         encoder = self.encoder_of(name)
         prompt = encoder.prompt_ids(Example(messages=tuple(messages), response=""))
+        if self.head_of(name) is not None:
+            return self.generate(name, prompt, self._head_params(name, params))
+        params = self._with_stored_schema(name, params)
         return self.generate(name, prompt, params, self._constraint(name, encoder, params))
+
+    def head_of(self, name: str) -> Any:
+        """The head record of a label-head specialist, None for any other model."""
+        manifest = self.specialists[name][1] if name in self.specialists else None
+        return manifest.task.head if manifest is not None else None
+
+    def _head_params(self, name: str, params: SamplingParams) -> SamplingParams:
+        if not self.runs_label_heads:
+            raise NicheError(
+                f"{name!r} answers with a label head, which this engine cannot run; serve it with --engine torch"
+            )
+        if params.response == "json":
+            raise NicheError(f"{name!r} answers with a label from its label set; it cannot answer in JSON")
+        return params
+
+    def _with_stored_schema(self, name: str, params: SamplingParams) -> SamplingParams:
+        """A JSON specialist decodes under the schema it was trained with when the request asks for no format."""
+        manifest = self.specialists[name][1] if name in self.specialists else None
+        if params.response != "auto":
+            return params
+        if manifest is None or manifest.task.output_schema is None:
+            return dataclasses.replace(params, response="text")
+        return dataclasses.replace(params, response="json", json_schema=manifest.task.output_schema)
 
     def generate(
         self, name: str, prompt: list[int], params: SamplingParams, constraint: TokenConstraint | None = None
@@ -414,8 +445,18 @@ class EngineCore:
         row.finished = True
 
 
+class _HeadsRead(Exception):
+    """Raised by the last hook a classification pass needs: the layers after it are not run."""
+
+
 class TorchEngine(EngineCore):
-    """Base model plus specialists' adapters; requests for any of them are decoded together in one batch."""
+    """Base model plus specialists' adapters; requests for any of them are decoded together in one batch.
+
+    Label-head specialists answer in their admission step: one forward pass of their rows up to the deepest layer
+    their heads read, the mean of that layer's output through each row's head; they never join the decoding batch.
+    """
+
+    runs_label_heads = True
 
     def __init__(
         self,
@@ -452,6 +493,7 @@ class TorchEngine(EngineCore):
         self.lora_state = multilora.MultiLoraState()
         self.prefixes: dict[str, PrefixCache] = {}  # adapter -> keys/values of its prompts' common prefix
         self.last_prompts: dict[str, list[int]] = {}
+        self.heads: dict[str, tuple[int, Any, list[str]]] = {}  # adapter -> (layer, LabelHead, labels)
         self._scheduler = threading.Thread(target=self._schedule, name="niche-scheduler", daemon=True)
         self._scheduler.start()
 
@@ -460,12 +502,18 @@ class TorchEngine(EngineCore):
     def _load_adapter(self, name: str, adapter: str) -> None:
         from peft import PeftModel
 
-        directory = str(self.specialists[name][0])
+        directory, manifest = self.specialists[name]
         if not isinstance(self.model, PeftModel):
-            self.model = PeftModel.from_pretrained(self.model, directory, adapter_name=adapter).eval()
+            self.model = PeftModel.from_pretrained(self.model, str(directory), adapter_name=adapter).eval()
             self._active_adapter = adapter
         else:
-            self.model.load_adapter(directory, adapter_name=adapter)
+            self.model.load_adapter(str(directory), adapter_name=adapter)
+        if manifest.task.head is not None:
+            from niche.head import load_head
+
+            labels = list(manifest.task.labels or [])
+            head = load_head(directory, self.model_config.hidden_size, len(labels)).to(self.device)
+            self.heads[adapter] = (manifest.task.head.layer, head, labels)
 
     def _adapter_ready(self, adapter: str) -> None:
         # After the eviction, so the model always keeps an adapter and stays a PeftModel.
@@ -500,6 +548,7 @@ class TorchEngine(EngineCore):
                     warnings.simplefilter("ignore", UserWarning)
                     self.model.delete_adapter(adapter)
             self.retired.discard(adapter)
+            self.heads.pop(adapter, None)
             self.adapter_revisions.pop(adapter, None)
             self.prefixes.pop(adapter, None)
             self.last_prompts.pop(adapter, None)
@@ -575,7 +624,12 @@ class TorchEngine(EngineCore):
             self.waiting.remove(generation)
         if admitted:
             self.admitting = admitted  # no longer waiting, not yet rows: a failed prefill must fail them too
-            self._prefill(admitted)
+            classified = [generation for generation in admitted if generation.adapter in self.heads]
+            if classified:
+                self._classify(classified)
+            decoding = [generation for generation in admitted if generation.adapter not in self.heads]
+            if decoding:
+                self._prefill(decoding)
             self.admitting = []
 
     def _can_join(self) -> bool:
@@ -637,6 +691,60 @@ class TorchEngine(EngineCore):
             self.stacked_lora = True
         else:
             multilora.restore(self.model)
+
+    def _classify(self, rows: list[Generation]) -> None:
+        """Answer label-head rows: one right-padded pass up to the deepest layer their heads read, each row's
+        head on the mean of its layer's output (as in training: `niche.head`)."""
+        from niche.head import mean_pool
+
+        width = max(len(row.prompt) for row in rows)
+        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for index, row in enumerate(rows):
+            input_ids[index, : len(row.prompt)] = torch.tensor(row.prompt)
+            mask[index, : len(row.prompt)] = 1
+        layers = {self.heads[row.adapter][0] for row in rows}
+        outputs = self._layer_outputs([row.adapter for row in rows], input_ids, mask, layers)
+        mask = mask.to(self.device)
+        for index, row in enumerate(rows):
+            if row.cancelled.is_set() or self._expired(row):
+                row.finished = True
+                continue
+            layer, head, labels = self.heads[row.adapter]
+            logits = head(mean_pool(outputs[layer][index : index + 1], mask[index : index + 1]))
+            row.text = labels[int(logits.argmax())]
+            row.generated = [0]  # one answer, counted as one completion token
+            self._finish(row, "stop")
+
+    def _layer_outputs(
+        self, adapters: list[str], input_ids: torch.Tensor, mask: torch.Tensor, layers: set[int]
+    ) -> dict[int, torch.Tensor]:
+        """The outputs of the given decoder layers (1-based) for one batch; no layer past the deepest runs."""
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        decoder_layers = base.get_decoder().layers
+        captured: dict[int, torch.Tensor] = {}
+        deepest = max(layers)
+
+        def capture(layer: int) -> Any:
+            def hook(module: Any, arguments: Any, output: Any) -> None:
+                captured[layer] = output[0] if isinstance(output, tuple) else output
+                if layer == deepest:
+                    raise _HeadsRead
+
+            return hook
+
+        handles = [decoder_layers[layer - 1].register_forward_hook(capture(layer)) for layer in layers]
+        started = time.perf_counter()
+        try:
+            self._run(adapters, {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)})
+        except _HeadsRead:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.forward_seconds["prefill"] += time.perf_counter() - started
+        self.forward_calls["prefill"] += 1
+        return captured
 
     def _prefill(self, admitted: list[Generation]) -> None:
         """Run the newcomers' prompts and add their caches to the batch's. A prompt that starts with its

