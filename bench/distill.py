@@ -93,7 +93,12 @@ def main() -> None:
         teacher = train(
             load_config(
                 EXAMPLE / "niche.yaml",
-                [*common, f"training.max_steps={args.teacher_steps}", f"training.eval_every={args.teacher_steps}"],
+                [
+                    *common,
+                    "training.objective=generate",
+                    f"training.max_steps={args.teacher_steps}",
+                    f"training.eval_every={args.teacher_steps}",
+                ],
             ),
             show_progress=False,
         )
@@ -105,6 +110,7 @@ def main() -> None:
             [
                 *common,
                 "name=cloudsec-student",
+                "training.objective=generate",
                 "lora.r=64",
                 "lora.alpha=128",
                 f"training.max_steps={args.student_steps}",

@@ -59,7 +59,12 @@ def specialist(steps: int) -> Path:
     if not (target / "niche.json").is_file():
         config = load_config(
             EXAMPLE / "niche.yaml",
-            [f"output_dir={target.parent}", f"training.max_steps={steps}", f"training.eval_every={steps}"],
+            [
+                f"output_dir={target.parent}",
+                "training.objective=generate",
+                f"training.max_steps={steps}",
+                f"training.eval_every={steps}",
+            ],
         )
         train(config, show_progress=False)
     return target

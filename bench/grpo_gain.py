@@ -64,6 +64,7 @@ def main() -> None:
             [
                 *common,
                 "name=cloudsec-sft",
+                "training.objective=generate",
                 f"training.max_steps={args.sft_steps}",
                 f"training.eval_every={args.sft_steps}",
             ],

@@ -51,6 +51,7 @@ def train_specialists(count: int, steps: int) -> Path:
             EXAMPLE / "niche.yaml",
             [
                 f"name={name}",
+                "training.objective=generate",
                 f"output_dir={root}",
                 f"data.train={EXAMPLE / 'train.jsonl'}",
                 f"data.validation={EXAMPLE / 'validation.jsonl'}",

@@ -80,6 +80,8 @@ def niche_config(paths: dict[str, Path], workdir: Path, steps: int, batch_size: 
             f"data.test={paths['test']}",
             f"output_dir={workdir / 'out'}",
             "name=bench",
+            # The comparison with TRL's SFTTrainer is of the same generative recipe.
+            "training.objective=generate",
             f"prompt.system_prompt={SYSTEM_PROMPT}",
             f"lora.r={LORA['r']}",
             f"lora.alpha={LORA['alpha']}",

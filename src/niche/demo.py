@@ -38,11 +38,14 @@ def find_example_config(example: str = DEFAULT_EXAMPLE) -> Path:
 def run_demo(
     config_path: Path | None = None, overrides: list[str] | None = None, show_progress: bool = True
 ) -> DemoResult:
-    """Train the example specialist, then score base and specialist on its held-out test split with the same prompt."""
+    """Train the example specialist, then score it on its held-out test split beside the base model and the classic
+    baselines (fitted on the same training rows)."""
     config = load_config(config_path or find_example_config(), overrides)
     if config.data.test is None:
         raise ConfigError("the demo needs data.test in its config: a held-out split to measure on")
     trained = train(config, show_progress=show_progress)
-    report = evaluate(trained.specialist_dir, config.data.test, base=config.base, show_progress=show_progress)
+    report = evaluate(
+        trained.specialist_dir, config.data.test, base=config.base, baselines=True, show_progress=show_progress
+    )
     report_dir = write_report(report, config.output_dir / "reports" / config.name)
     return DemoResult(trained, report, report_dir)

@@ -164,7 +164,13 @@ def distill_logits(
     from niche.specialist import read_manifest, resolve_specialist_base
     from niche.train import train
 
-    teacher_base = resolve_specialist_base(read_manifest(teacher_dir))
+    teacher_manifest = read_manifest(teacher_dir)
+    if teacher_manifest.task.head is not None:
+        raise ConfigError(
+            f"--mode logits: the teacher {teacher_manifest.name!r} answers with a label head and has no next-token "
+            "distributions to distil; use --mode sequence (the student learns the teacher's labels)"
+        )
+    teacher_base = resolve_specialist_base(teacher_manifest)
     student_base = student_from_layers(teacher_base, student_layers, config.output_dir / f"{config.name}-student-base")
     if load_tokenizer(teacher_base).get_vocab() != load_tokenizer(resolve_base(str(student_base))).get_vocab():
         raise ModelError("logit distillation needs teacher and student to share a tokenizer; use --mode sequence")
@@ -209,9 +215,9 @@ def _specialist_answers(teacher_dir: Path, texts: list[str]) -> tuple[list[str |
     """A local specialist answers with its stored template, label specialists only within their label set."""
     from niche.data.examples import Example
     from niche.data.template import TemplateEncoder
-    from niche.eval.generation import generate_answers
+    from niche.eval.generation import answer_examples
     from niche.hardware import detect_hardware
-    from niche.specialist import load_specialist, read_manifest
+    from niche.specialist import load_label_head, load_specialist, read_manifest
 
     manifest = read_manifest(teacher_dir)
     hardware = detect_hardware()
@@ -219,10 +225,12 @@ def _specialist_answers(teacher_dir: Path, texts: list[str]) -> tuple[list[str |
     encoder = TemplateEncoder(tokenizer, manifest.template.to_template())
     examples = [Example(messages=({"role": "user", "content": text},), response="") for text in texts]
     labels = manifest.task.labels if manifest.task.kind == "label" else None
+    options: dict[str, Any] = {"batch_size": 16, "max_new_tokens": 128, "allowed_answers": labels}
+    head = load_label_head(teacher_dir, manifest, teacher)
+    if head is not None:
+        options |= {"head": head, "labels": labels}
     with torch.no_grad():
-        answers = generate_answers(
-            teacher, encoder, examples, batch_size=16, max_new_tokens=128, allowed_answers=labels
-        )
+        answers = answer_examples(teacher, encoder, examples, options)
     return list(answers), labels
 
 

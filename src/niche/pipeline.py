@@ -313,16 +313,20 @@ def _champion_dir(context: StageContext) -> tuple[Path | None, str | None]:
 
 
 def _probe_accuracy(specialist_dir: Path | None, questions: list[Any], base_of: Path) -> float:
-    """Everyday multiple-choice accuracy of a specialist, or of the bare base when there is none."""
+    """Everyday multiple-choice accuracy of a specialist, or of the bare base when there is none. A label head
+    never generates: every other request is answered by the unchanged base, so its score is the base's."""
     from niche.hardware import detect_hardware
+    from niche.models import load_model, load_tokenizer, prepare_for_inference
     from niche.probes import multiple_choice_accuracy
-    from niche.specialist import load_specialist
+    from niche.specialist import load_specialist, read_manifest, resolve_specialist_base
 
     hardware = detect_hardware()
-    model, tokenizer, _ = load_specialist(specialist_dir or base_of, hardware.device, hardware.dtype)
-    if specialist_dir is None:
-        with model.disable_adapter():
-            return multiple_choice_accuracy(model, tokenizer, questions)
+    manifest = read_manifest(specialist_dir or base_of)
+    if specialist_dir is None or manifest.task.head is not None:
+        base = resolve_specialist_base(manifest)
+        model = prepare_for_inference(load_model(base, hardware.dtype, hardware.device).eval())
+        return multiple_choice_accuracy(model, load_tokenizer(base), questions)
+    model, tokenizer, _ = load_specialist(specialist_dir, hardware.device, hardware.dtype)
     return multiple_choice_accuracy(model, tokenizer, questions)
 
 

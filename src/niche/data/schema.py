@@ -3,7 +3,9 @@
 Inference reads every training answer and writes the schema they all satisfy: objects with their keys (required
 when every answer has them, no others allowed), types (integer only when every number is whole; a null beside
 another type makes the field nullable), array items merged over all arrays, and an enum for a string field whose
-values form a small closed set. A closed set is one where every value recurs: 2 to MAX_ENUM_VALUES distinct
+values form a small closed set; other strings and arrays get a length bound (MAX_LENGTH_FACTOR times the longest
+seen, at least MIN_STRING_LENGTH characters or MIN_ARRAY_ITEMS items), so that a constrained answer always ends
+within a known budget. A closed set is one where every value recurs: 2 to MAX_ENUM_VALUES distinct
 values, each seen at least twice and on average at least ENUM_MIN_AVERAGE times. An open field (names, dates,
 free text) almost always has values seen once, and an enum there would forbid every value training did not see.
 """
@@ -21,6 +23,9 @@ from niche.errors import ConfigError, DataError
 
 MAX_ENUM_VALUES = 64
 ENUM_MIN_AVERAGE = 4
+MAX_LENGTH_FACTOR = 2
+MIN_STRING_LENGTH = 32
+MIN_ARRAY_ITEMS = 8
 
 
 def read_schema(path: Path) -> dict[str, Any]:
@@ -84,8 +89,11 @@ def _schema_of(values: list[Any]) -> dict[str, Any]:
             items = [item for array in present for item in array]
             if items:
                 schema["items"] = _schema_of(items)
+            schema["maxItems"] = max(MIN_ARRAY_ITEMS, MAX_LENGTH_FACTOR * max(len(array) for array in present))
         elif kind == "string" and _closed_set(present):
             schema["enum"] = sorted(set(present))
+        elif kind == "string":
+            schema["maxLength"] = max(MIN_STRING_LENGTH, MAX_LENGTH_FACTOR * max(len(text) for text in present))
     if nullable:
         if "enum" in schema:
             schema["enum"] = [*schema["enum"], None]

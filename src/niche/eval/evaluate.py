@@ -83,9 +83,9 @@ def decoding_options(
     settings = manifest.config.get("eval", {})
     constrain = settings.get("constrain_to_labels", True) if constrain is None else constrain
     task = manifest.task
-    budget = max_new_tokens or max(
-        settings.get("max_new_tokens", 128), (task.longest_answer_tokens or 0) + ANSWER_MARGIN_TOKENS
-    )
+    # A JSON answer's strings may run to twice the longest seen (the inferred schema's bound: niche.data.schema).
+    longest = (task.longest_answer_tokens or 0) * (2 if task.kind == "json" else 1)
+    budget = max_new_tokens or max(settings.get("max_new_tokens", 128), longest + ANSWER_MARGIN_TOKENS)
     return {
         "batch_size": batch_size or settings.get("batch_size", 16),
         "max_new_tokens": budget,
@@ -226,10 +226,12 @@ ZERO_SHOT_PROMPT = "Classify the text into one of these labels: {labels}. Answer
 def zero_shot(
     manifest: SpecialistManifest, tokenizer: Any, options: dict[str, Any]
 ) -> tuple[TemplateEncoder, dict[str, Any]]:
-    """The base model's template with the label list as its system prompt, decoding within the label set."""
+    """The base model's template with a system prompt naming the labels (the config's own, else ZERO_SHOT_PROMPT),
+    decoding within the label set."""
     from niche.data.template import build_template
 
-    template = build_template(tokenizer, ZERO_SHOT_PROMPT, None, manifest.task.labels)
+    configured = (manifest.config.get("prompt") or {}).get("system_prompt")
+    template = build_template(tokenizer, configured or ZERO_SHOT_PROMPT, None, manifest.task.labels)
     return TemplateEncoder(tokenizer, template), options | {"allowed_answers": manifest.task.labels}
 
 

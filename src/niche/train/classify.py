@@ -24,8 +24,9 @@ from niche.data.template import EncodedExample, TemplateEncoder
 from niche.head import LabelHead, batches_by_length, cut_at_layer, load_head, pooled_features, save_head
 from niche.train.engine import PlannedTrainer
 
-# Passes over the cached features when the head is fitted alone, and its learning rate (Adam).
-HEAD_FIT_EPOCHS = 30
+# Passes over the cached features when the head is fitted alone, its batch and learning rate (Adam).
+HEAD_FIT_EPOCHS = 20
+HEAD_FIT_BATCH = 512
 HEAD_FIT_LEARNING_RATE = 1e-2
 
 
@@ -149,8 +150,8 @@ def fit_head_on_frozen_features(model: HeadModel, encoded: Sequence[EncodedExamp
     with torch.enable_grad():
         for _ in range(HEAD_FIT_EPOCHS):
             order = torch.randperm(len(pooled), generator=generator)
-            for start in range(0, len(order), 256):
-                batch = order[start : start + 256]
+            for start in range(0, len(order), HEAD_FIT_BATCH):
+                batch = order[start : start + HEAD_FIT_BATCH]
                 loss = F.cross_entropy(model.head(pooled[batch]), labels[batch])
                 loss.backward()
                 optimizer.step()

@@ -87,6 +87,11 @@ def train_grpo(config: NicheConfig, *, show_progress: bool = True) -> Any:
     start = settings.start_from
     if start is not None:
         manifest = read_manifest(start)
+        if manifest.task.head is not None:
+            raise ConfigError(
+                f"grpo.start_from: {manifest.name!r} answers with a label head and samples no completions to reward; "
+                "start from a generative specialist (training.objective: generate) or from the base"
+            )
         base = resolve_specialist_base(manifest)
         template = manifest.template.to_template()
     else:

@@ -1,0 +1,85 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import LABELS, ticket_rows, write_jsonl
+from niche.data.examples import Example
+from niche.errors import ConfigError
+from niche.eval.baselines import C_GRID, run_baselines
+
+
+def examples(rows: list[dict]) -> list[Example]:
+    return [
+        Example(messages=({"role": "user", "content": row["text"]},), response=row["label"], label=row["label"])
+        for row in rows
+    ]
+
+
+def toy_split() -> tuple[list[Example], list[Example], list[Example]]:
+    return examples(ticket_rows(30)), examples(ticket_rows(6, offset=40)), examples(ticket_rows(9, offset=60))
+
+
+def test_both_baselines_learn_the_toy_task_and_give_the_same_answers_twice() -> None:
+    train, validation, test = toy_split()
+    references = [example.label for example in test]
+    first = run_baselines(train, validation, test, references, LABELS, latency_requests=2)
+    second = run_baselines(train, validation, test, references, LABELS, latency_requests=2)
+    assert [score.name for score in first] == ["tfidf+logreg", "embeddings+logreg"]
+    for one, two in zip(first, second):
+        assert one.metrics["accuracy"] == 1.0 and one.predictions == two.predictions
+        assert one.fit_seconds > 0 and one.examples_per_s > 0 and one.latency_p50_ms > 0
+        assert one.settings["C"] in C_GRID and set(one.settings["validation_accuracy"]) == {str(c) for c in C_GRID}
+        assert one.cost_per_thousand_requests(0.10) == pytest.approx(0.10 / 3600 / one.examples_per_s * 1000)
+
+
+def test_the_regularisation_is_chosen_on_validation_rows_not_test_rows() -> None:
+    train, validation, test = toy_split()
+    # Test labels scrambled: a search that looked at the test rows would be misled; the validation rows are clean.
+    scrambled = [LABELS[(LABELS.index(example.label) + 1) % 3] for example in test]
+    (score,) = run_baselines(train, validation, test, scrambled, LABELS, names=["tfidf+logreg"], latency_requests=1)
+    assert score.metrics["accuracy"] == 0.0 and max(score.settings["validation_accuracy"].values()) == 1.0
+
+
+def test_eval_with_baselines_fits_them_on_the_specialists_own_training_rows(tiny_config, label_data) -> None:
+    from niche.eval import evaluate, markdown_report
+    from niche.train import train
+
+    specialist = train(tiny_config("training.max_steps=2"), show_progress=False).specialist_dir
+    report = evaluate(specialist, label_data["test"], baselines=True, show_progress=False)
+    names = [result.name for result in report.results]
+    assert names == ["specialist (toy)", "tfidf+logreg", "embeddings+logreg"]
+    assert all(result.details["fit_seconds"] > 0 for result in report.results[1:])
+    assert "Classic baselines, fitted on the specialist's training rows" in markdown_report(report)
+    label_data["train"].write_text(
+        label_data["train"].read_text() + json.dumps({"text": "x", "label": "outage"}) + "\n"
+    )
+    with pytest.raises(ConfigError, match="changed since 'toy' was trained"):
+        evaluate(specialist, label_data["test"], baselines=True, show_progress=False)
+
+
+def test_the_cli_prints_the_baselines_beside_the_specialist(tiny_config, label_data, tmp_path) -> None:
+    from niche.train import train
+
+    specialist = train(tiny_config("training.max_steps=2"), show_progress=False).specialist_dir
+    command = [sys.executable, "-m", "niche.cli", "eval", str(specialist), "--data", str(label_data["test"])]
+    completed = subprocess.run(
+        [*command, "--baselines", "--out", str(tmp_path / "report")], capture_output=True, text=True
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "tfidf+logreg" in completed.stdout and "fit (s)" in completed.stdout
+    written = json.loads((tmp_path / "report" / "eval.json").read_text())
+    assert [result["name"] for result in written["results"]][1:] == ["tfidf+logreg", "embeddings+logreg"]
+
+
+def test_baselines_are_for_label_tasks(tiny_config, tmp_path) -> None:
+    from niche.eval import evaluate
+    from niche.train import train
+
+    rows = [{"prompt": f"say {word}", "completion": word} for word in ["alpha", "beta", "gamma", "delta"] * 3]
+    data = write_jsonl(tmp_path / "gen.jsonl", rows)
+    config = tiny_config(f"data.train={data}", f"data.validation={data}", f"data.test={data}", "prompt.system_prompt=")
+    specialist = train(config, show_progress=False).specialist_dir
+    with pytest.raises(ConfigError, match="classic baselines classify labels"):
+        evaluate(specialist, data, baselines=True, show_progress=False)

@@ -1,0 +1,98 @@
+import json
+
+import jsonschema
+import pytest
+
+from conftest import write_jsonl
+from niche.data.examples import Example
+from niche.data.schema import check_answers_match, infer_schema, read_schema
+from niche.errors import ConfigError, DataError
+
+
+def answers(*objects: dict) -> list[Example]:
+    return [
+        Example(messages=({"role": "user", "content": "x"},), response=json.dumps(value), source=f"train.jsonl:{line}")
+        for line, value in enumerate(objects, start=1)
+    ]
+
+
+def test_inferred_schema_has_keys_types_required_fields_and_enums_for_closed_sets() -> None:
+    rows = [{"intent": "book", "slots": {"city": f"city-{i}"}, "nights": i, "price": 10.5} for i in range(4)]
+    rows += [{"intent": "cancel", "slots": {}, "nights": None, "price": 3} for _ in range(4)]
+    schema = infer_schema(answers(*rows))
+    assert schema["required"] == ["intent", "slots", "nights", "price"] and schema["additionalProperties"] is False
+    assert schema["properties"]["intent"] == {"type": "string", "enum": ["book", "cancel"]}, "each value recurs"
+    city = schema["properties"]["slots"]["properties"]["city"]
+    assert "enum" not in city and city["maxLength"] >= 32, "values seen once are an open field, bounded in length"
+    assert schema["properties"]["slots"]["required"] == [], "city is missing from some answers"
+    assert schema["properties"]["nights"]["type"] == ["integer", "null"]
+    assert schema["properties"]["price"]["type"] == "number", "whole and fractional numbers make a number"
+    for row in rows:
+        jsonschema.validate(row, schema)
+
+
+def test_a_lone_repeated_value_or_a_rare_value_is_not_an_enum() -> None:
+    one_value = infer_schema(answers(*[{"currency": "EUR"}] * 8))
+    assert "enum" not in one_value["properties"]["currency"]
+    with_singleton = infer_schema(answers(*([{"city": "Paris"}] * 5 + [{"city": "Rome"}] * 5 + [{"city": "Oslo"}])))
+    assert "enum" not in with_singleton["properties"]["city"]
+
+
+def test_array_items_are_merged_and_bounded() -> None:
+    schema = infer_schema(answers({"tags": ["a", "b"]}, {"tags": []}, {"tags": ["c"]}))
+    tags = schema["properties"]["tags"]
+    assert tags["type"] == "array" and tags["items"]["type"] == "string" and tags["maxItems"] == 8
+
+
+def test_a_given_schema_is_checked_against_every_training_answer(tmp_path) -> None:
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}))
+    schema = read_schema(path)
+    check_answers_match(answers({"n": 1}), schema)
+    with pytest.raises(DataError, match=r"train\.jsonl:2: answer does not match data\.schema at n"):
+        check_answers_match(answers({"n": 1}, {"n": "two"}), schema)
+    path.write_text(json.dumps({"type": "nonsense"}))
+    with pytest.raises(ConfigError, match="not a valid JSON Schema"):
+        read_schema(path)
+
+
+@pytest.fixture
+def json_task(tmp_path):
+    severities, teams = ["low", "high"], ["payments", "search", "identity"]
+    rows = [
+        {
+            "prompt": f"alert {index}: {severities[index % 2]} risk for the {teams[index % 3]} team",
+            "completion": json.dumps({"severity": severities[index % 2], "team": teams[index % 3]}),
+        }
+        for index in range(24)
+    ]
+    return {
+        "train": write_jsonl(tmp_path / "train.jsonl", rows[:18]),
+        "validation": write_jsonl(tmp_path / "validation.jsonl", rows[18:21]),
+        "test": write_jsonl(tmp_path / "test.jsonl", rows[21:]),
+    }
+
+
+def test_a_json_specialist_stores_its_schema_and_eval_decodes_every_answer_under_it(tiny_config, json_task) -> None:
+    from niche.eval import evaluate, markdown_report
+    from niche.train import train
+
+    config = tiny_config(
+        f"data.train={json_task['train']}",
+        f"data.validation={json_task['validation']}",
+        f"data.test={json_task['test']}",
+        "training.max_steps=2",
+        "prompt.system_prompt=",
+    )
+    result = train(config, show_progress=False)
+    task = result.manifest.task
+    assert task.kind == "json" and task.schema_source == "inferred from the training answers"
+    assert task.output_schema["properties"]["team"]["enum"] == ["identity", "payments", "search"]
+    # Two steps teach a random 2-layer model nothing: the grammar alone makes its answers valid.
+    report = evaluate(result.specialist_dir, json_task["test"], show_progress=False)
+    metrics = report.results[0].metrics
+    assert report.constrained and metrics["valid_json"] == 1.0 and metrics["schema_valid"] == 1.0
+    assert set(metrics["fields"]) == {"severity", "team"} and report.headline_metric == "field_f1"
+    assert "Per field, specialist" in markdown_report(report)
+    free = evaluate(result.specialist_dir, json_task["test"], constrain=False, max_new_tokens=8, show_progress=False)
+    assert not free.constrained
