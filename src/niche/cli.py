@@ -283,6 +283,10 @@ def train_command(
     base: Annotated[str | None, typer.Option(help="Override the base model.")] = None,
     output_dir: Annotated[Path | None, typer.Option(help="Override output_dir.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Override training.max_steps.")] = None,
+    budget: Annotated[
+        str | None,
+        typer.Option(help="Wall-clock budget for the whole run (90s, 30m, 1h30m): training.time_budget."),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint of an interrupted run.")] = False,
 ) -> None:
     """LoRA fine-tune a specialist; writes an adapter with its niche.json manifest."""
@@ -292,14 +296,23 @@ def train_command(
     flags = [f"base={base}"] if base else []
     flags += [f"output_dir={output_dir.resolve()}"] if output_dir else []
     flags += [f"training.max_steps={max_steps}"] if max_steps is not None else []
+    flags += [f"training.time_budget={budget}"] if budget is not None else []
     result = train(load_config(config, [*(overrides or []), *flags]), resume=resume)
     if not result.is_main_process:
         return
     metrics = result.manifest.metrics
     console.print(f"[green]specialist written to[/] {result.specialist_dir}")
+    validation = (
+        f"validation accuracy {metrics['eval_accuracy']:.4f}"
+        if metrics.get("eval_accuracy") is not None
+        else f"eval loss {metrics['eval_loss']:.4f}"
+    )
+    plan = metrics["plan"]
+    stopped = {"budget": ", stopped by the time budget", "plateau": ", stopped on a validation plateau"}
     console.print(
-        f"steps {metrics['steps']}, best step {metrics['best_step']}, eval loss {metrics['eval_loss']:.4f}, "
-        f"{metrics['train_runtime_s']:.0f} s, {metrics['tokens_per_s']:.0f} tokens/s"
+        f"{result.manifest.hyperparameters['recipe']['objective']}: steps {metrics['steps']}, best step "
+        f"{metrics['best_step']}, {validation}, {metrics['train_runtime_s']:.0f} s, {metrics['tokens_per_s']:.0f} "
+        f"tokens/s{stopped.get(plan['stopped_by'] or '', '')}"
     )
 
 

@@ -1,10 +1,10 @@
 """The classify objective for label tasks: LoRA on the first decoder layers and a label head (`niche.head`).
 
 Training runs only the layers the head reads (`cut_at_layer`), so a step costs layer/num_layers of a full one.
-The head is first fitted alone on the frozen model's pooled features (one forward pass over the training rows,
-then a few seconds of fitting a linear model), and LoRA and head are then fine-tuned together from there: a
-fine-tuning that starts from a random head spends its first steps pushing the features towards that random head
-(linear probing then fine-tuning, Kumar et al. 2022).
+LoRA and the head train together from a zero head. Fitting the head first on the frozen features (linear probing
+then fine-tuning, Kumar et al. 2022) was measured and dropped: on CLINC150 with 30 rows per intent it ended 3.8
+points lower (0.884 against 0.926, same three epochs), its confident head pushing the features hard from the
+first step (bench/README.md).
 """
 
 from __future__ import annotations
@@ -21,13 +21,8 @@ from torch import nn
 from niche.data.examples import Example
 from niche.data.tasks import label_of
 from niche.data.template import EncodedExample, TemplateEncoder
-from niche.head import LabelHead, batches_by_length, cut_at_layer, load_head, pooled_features, save_head
+from niche.head import LabelHead, cut_at_layer, load_head, pooled_features, save_head
 from niche.train.engine import PlannedTrainer
-
-# Passes over the cached features when the head is fitted alone, its batch and learning rate (Adam).
-HEAD_FIT_EPOCHS = 20
-HEAD_FIT_BATCH = 512
-HEAD_FIT_LEARNING_RATE = 1e-2
 
 
 def encode_for_head(
@@ -131,33 +126,3 @@ class ClassifierTrainer(PlannedTrainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         self._restore(resume_from_checkpoint)
-
-
-@torch.no_grad()
-def fit_head_on_frozen_features(model: HeadModel, encoded: Sequence[EncodedExample], pad_id: int, seed: int) -> float:
-    """Fit the head alone on the frozen model's pooled features (LoRA starts as the identity); returns its
-    training accuracy. One forward pass over the rows, then full passes of Adam over the cached features."""
-    device = next(model.parameters()).device
-    features, targets = [], []
-    prompts = [item.input_ids for item in encoded]
-    for positions, input_ids, attention_mask in batches_by_length(prompts, 64, pad_id):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=_bf16(model)):
-            features.append(pooled_features(model.backbone, input_ids.to(device), attention_mask.to(device)))
-        targets += [encoded[position].labels[0] for position in positions]
-    pooled, labels = torch.cat(features), torch.tensor(targets, device=device)
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.head.parameters(), lr=HEAD_FIT_LEARNING_RATE)
-    with torch.enable_grad():
-        for _ in range(HEAD_FIT_EPOCHS):
-            order = torch.randperm(len(pooled), generator=generator)
-            for start in range(0, len(order), HEAD_FIT_BATCH):
-                batch = order[start : start + HEAD_FIT_BATCH]
-                loss = F.cross_entropy(model.head(pooled[batch]), labels[batch])
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad()
-    return float((model.head(pooled).argmax(-1) == labels).float().mean())
-
-
-def _bf16(model: nn.Module) -> bool:
-    return next(model.backbone.parameters()).dtype == torch.bfloat16

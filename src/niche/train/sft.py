@@ -47,7 +47,6 @@ from niche.train.classify import (
     accuracy_metric,
     build_head_model,
     encode_for_head,
-    fit_head_on_frozen_features,
 )
 from niche.train.recipe import DataProfile, Recipe, apply_recipe, choose_recipe, default_objective
 
@@ -189,7 +188,6 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
 
     # The time budget covers the whole run, from here to the specialist written.
     clock = time.monotonic()
-    metrics_before: dict[str, Any] = {}
     hardware = detect_hardware()
     # Under a multi-process launcher the first process converts (or hashes) the base; the others wait for its cache.
     with PartialState().main_process_first():
@@ -228,12 +226,6 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
         tracker.artifact_json(fingerprints, "data.json")
         if recipe.head_layer is not None:
             model = build_classifier(config, base, hardware, longest_row, recipe.head_layer, data.labels or [])
-            if not resume:
-                metrics_before = {
-                    "head_fit_train_accuracy": fit_head_on_frozen_features(
-                        model, train_encoded, tokenizer.pad_token_id, config.training.seed
-                    )
-                }
         else:
             model = build_lora_model(config, base, hardware, longest_row)
         trainer = build_trainer(
@@ -264,7 +256,7 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
             "longest_answer_tokens": max(item.supervised_tokens for item in train_encoded),
             "replay_examples": replayed,
             "plan": plan.summary(),
-        } | metrics_before
+        }
         if recipe.head_layer is not None:
             best = trainer.state.best_global_step
             metrics.pop("eval_loss")
