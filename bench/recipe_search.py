@@ -36,7 +36,7 @@ CONFIGURATIONS: list[tuple[str, str, list[str], str]] = [
     ("banking/classify-all-layers", "clinc150-banking", ["training.head_layer=30"], "the head on the last layer"),
     ("banking/classify-lr-5e-4", "clinc150-banking", ["training.learning_rate=0.0005"], "a lower learning rate"),
     ("banking/classify-lr-2e-3", "clinc150-banking", ["training.learning_rate=0.002"], "a higher learning rate"),
-    ("banking/classify-2-epochs", "clinc150-banking", ["training.epochs=2"], "fewer passes"),
+    ("banking/classify-3-epochs", "clinc150-banking", ["training.epochs=3"], "fewer passes"),
     ("cloudsec/classify", "cloudsec", [], "the default on the example domain"),
     ("cloudsec/generate", "cloudsec", ["training.objective=generate"], "constrained generation instead"),
     ("cloudsec-extract/generate", "cloudsec-extract", [], "JSON: the default passes for 720 rows"),

@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -60,15 +58,16 @@ def test_eval_with_baselines_fits_them_on_the_specialists_own_training_rows(tiny
 
 
 def test_the_cli_prints_the_baselines_beside_the_specialist(tiny_config, label_data, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from niche.cli import app
     from niche.train import train
 
     specialist = train(tiny_config("training.max_steps=2"), show_progress=False).specialist_dir
-    command = [sys.executable, "-m", "niche.cli", "eval", str(specialist), "--data", str(label_data["test"])]
-    completed = subprocess.run(
-        [*command, "--baselines", "--out", str(tmp_path / "report")], capture_output=True, text=True
-    )
-    assert completed.returncode == 0, completed.stderr
-    assert "tfidf+logreg" in completed.stdout and "fit (s)" in completed.stdout
+    arguments = ["eval", str(specialist), "--data", str(label_data["test"]), "--baselines"]
+    completed = CliRunner().invoke(app, [*arguments, "--out", str(tmp_path / "report")])
+    assert completed.exit_code == 0, completed.output
+    assert "tfidf+logreg" in completed.output and "fit (s)" in completed.output
     written = json.loads((tmp_path / "report" / "eval.json").read_text())
     assert [result["name"] for result in written["results"]][1:] == ["tfidf+logreg", "embeddings+logreg"]
 

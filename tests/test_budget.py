@@ -51,7 +51,7 @@ def test_the_plan_fits_the_steps_left_in_the_budget() -> None:
 
 
 def test_a_tiny_model_stops_within_its_time_budget(tiny_config) -> None:
-    budget = 20.0
+    budget = 12.0
     config = tiny_config("training.max_steps=-1", "training.epochs=10000", f"training.time_budget={budget}")
     config = config.model_copy(update={"training": config.training.model_copy(update={"eval_every": None})})
     started = time.monotonic()

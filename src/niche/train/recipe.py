@@ -38,7 +38,7 @@ class ObjectiveDefaults:
 
 OBJECTIVE_DEFAULTS = {
     "classify": ObjectiveDefaults(
-        learning_rate=1e-3, batch_size=16, lora_r=16, min_rows_seen=20000, max_epochs=6, head_depth=0.5
+        learning_rate=1e-3, batch_size=16, lora_r=16, min_rows_seen=50000, max_epochs=10, head_depth=0.5
     ),
     "generate": ObjectiveDefaults(learning_rate=5e-4, batch_size=8, lora_r=16, min_rows_seen=2000, max_epochs=8),
     # GRPO samples its own completions: one pass over the prompts, at the learning rate TRL's examples use.

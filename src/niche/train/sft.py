@@ -240,10 +240,7 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
         runtime = time.perf_counter() - started
         metrics = {
             "train_loss": output.training_loss,
-            # The best checkpoint's validation loss, as restored: no second pass needed.
-            "eval_loss": trainer.state.best_metric
-            if trainer.state.best_metric is not None
-            else trainer.evaluate()["eval_loss"],
+            **best_validation(trainer, classify=recipe.head_layer is not None),
             "best_step": trainer.state.best_global_step,
             "steps": trainer.state.global_step,
             "epochs": trainer.state.epoch,
@@ -257,11 +254,6 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
             "replay_examples": replayed,
             "plan": plan.summary(),
         }
-        if recipe.head_layer is not None:
-            best = trainer.state.best_global_step
-            metrics.pop("eval_loss")
-            metrics["eval_accuracy"] = _last_logged(trainer.state.log_history, "eval_accuracy", best)
-            metrics["eval_loss"] = _last_logged(trainer.state.log_history, "eval_loss", best)
         probe = next(
             (callback for callback in trainer.callback_handler.callbacks if hasattr(callback, "stopped_at")), None
         )
@@ -288,11 +280,13 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
     return result
 
 
-def _last_logged(history: list[dict[str, Any]], key: str, step: int | None) -> float | None:
-    """The value of `key` logged at `step` (the best checkpoint's), else the last one logged."""
-    values = [row for row in history if key in row]
-    at_step = [row[key] for row in values if row.get("step") == step]
-    return at_step[-1] if at_step else (values[-1][key] if values else None)
+def best_validation(trainer: Any, classify: bool) -> dict[str, float]:
+    """The kept checkpoint's validation scores, read from the log (no second pass): loss, and accuracy for a head."""
+    keys = ("eval_accuracy", "eval_loss") if classify else ("eval_loss",)
+    best = trainer.state.best_global_step
+    logged = [row for row in trainer.state.log_history if row.get("step") == best and "eval_loss" in row]
+    scores = logged[-1] if logged else trainer.evaluate()
+    return {key: scores[key] for key in keys}
 
 
 def base_layers(base: ResolvedBase) -> int:
