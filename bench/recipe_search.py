@@ -11,14 +11,15 @@ domain: 15 intents, 1,500 and 450), `cloudsec` (the project's example: 8 categor
 `cloudsec-extract` (the same findings as JSON extraction). CLINC150 is read from ../shared/datasets.
 
 Results are appended to bench/results/recipe_search.json as each configuration finishes; a configuration
-already there is skipped unless `--force`, so the search can be run in pieces (`--only banking/`).
+already there is skipped unless `--force`, so the search can be run in pieces (`--only 'banking/*'`).
 
-    python bench/recipe_search.py [--only PREFIX] [--budget 30m] [--force]
+    python bench/recipe_search.py [--only 'GLOB,...'] [--budget 30m] [--force]
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import time
 from pathlib import Path
@@ -106,7 +107,9 @@ def run(name: str, dataset: str, overrides: list[str], budget: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="", help="run the configurations whose name starts with this")
+    parser.add_argument(
+        "--only", default="*", help="comma-separated names or globs of the configurations to run (banking/*)"
+    )
     parser.add_argument("--budget", default="30m", help="time budget of every run")
     parser.add_argument("--force", action="store_true", help="rerun configurations already in the results")
     args = parser.parse_args()
@@ -115,7 +118,8 @@ def main() -> None:
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"budget": args.budget, "runs": []}
     done = {row["name"] for row in results["runs"]}
     for name, dataset, overrides, question in CONFIGURATIONS:
-        if not name.startswith(args.only) or (name in done and not args.force):
+        wanted = any(fnmatch.fnmatchcase(name, pattern.strip()) for pattern in args.only.split(","))
+        if not wanted or (name in done and not args.force):
             continue
         print(f"== {name}: {question}")
         record = run(name, dataset, overrides, args.budget) | {"question": question}

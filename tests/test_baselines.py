@@ -34,10 +34,26 @@ def test_both_baselines_learn_the_toy_task_and_give_the_same_answers_twice() -> 
 
 def test_the_regularisation_is_chosen_on_validation_rows_not_test_rows() -> None:
     train, validation, test = toy_split()
-    # Test labels scrambled: a search that looked at the test rows would be misled; the validation rows are clean.
-    scrambled = [LABELS[(LABELS.index(example.label) + 1) % 3] for example in test]
+    references = [example.label for example in test]
+
+    def shifted(label: str) -> str:
+        return LABELS[(LABELS.index(label) + 1) % 3]
+
+    # Test labels wrong, validation labels right: every C scores 1.0 on validation and the test scores 0.
+    scrambled = [shifted(label) for label in references]
     (score,) = run_baselines(train, validation, test, scrambled, LABELS, names=["tfidf+logreg"], latency_requests=1)
-    assert score.metrics["accuracy"] == 0.0 and max(score.settings["validation_accuracy"].values()) == 1.0
+    assert score.metrics["accuracy"] == 0.0 and set(score.settings["validation_accuracy"].values()) == {1.0}
+    # Validation labels wrong, test labels right: every C scores 0 on validation (a tie: the smallest C is kept),
+    # and the test rows are still scored against their own labels.
+    wrong_validation = [
+        Example(messages=example.messages, response=shifted(example.label), label=shifted(example.label))
+        for example in validation
+    ]
+    (score,) = run_baselines(
+        train, wrong_validation, test, references, LABELS, names=["tfidf+logreg"], latency_requests=1
+    )
+    assert set(score.settings["validation_accuracy"].values()) == {0.0} and score.settings["C"] == C_GRID[0]
+    assert score.metrics["accuracy"] == 1.0
 
 
 def test_eval_with_baselines_fits_them_on_the_specialists_own_training_rows(tiny_config, label_data) -> None:

@@ -64,6 +64,8 @@ def test_a_tiny_model_stops_within_its_time_budget(tiny_config) -> None:
     assert rates[-1] < 0.2 * max(rates), "the schedule decayed towards the planned end"
     evaluations = [row for row in result.log_history if "eval_loss" in row]
     assert evaluations and evaluations[-1]["step"] == result.manifest.metrics["steps"], "the last step is validated"
+    assert plan["validation_seconds"] > 0 and plan["training_seconds"] + plan["validation_seconds"] <= elapsed
+    assert plan["validation_share"] <= 0.15, "a derived cadence keeps validation near a tenth of the time"
 
 
 def test_early_stopping_ends_a_run_whose_validation_stops_improving(tiny_config) -> None:

@@ -66,9 +66,9 @@ def test_eval_answers_with_the_head_and_asks_the_base_zero_shot(head_specialists
 
 
 def test_the_server_answers_a_head_specialist_with_its_label(head_specialists) -> None:
+    from conftest import running
     from niche.serve.app import create_app
     from niche.serve.engine import TorchEngine
-    from test_serve import running
 
     engine = TorchEngine(head_specialists / "specialists")
     try:

@@ -115,10 +115,9 @@ def labelling_teacher() -> tuple[FastAPI, dict]:
 
 
 def test_sequence_distillation_from_an_endpoint_teacher_validates_its_answers(tiny_config, tmp_path) -> None:
-    from conftest import ticket_rows, write_jsonl
+    from conftest import running, ticket_rows, write_jsonl
     from niche.distill import distill_sequences
     from niche.specialist import read_manifest
-    from test_serve import running
 
     app, state = labelling_teacher()
     inputs = [{"text": row["text"]} for row in ticket_rows(30, 500)]

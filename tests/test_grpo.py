@@ -8,7 +8,7 @@ import logging
 import pytest
 from fastapi import FastAPI, Request
 
-from conftest import chat_completion
+from conftest import chat_completion, running
 from niche.errors import ConfigError
 from niche.train.rewards import (
     RelativeJudge,
@@ -19,7 +19,6 @@ from niche.train.rewards import (
     parse_judge_scores,
     token_f1_reward,
 )
-from test_serve import running
 
 LABELS = json.dumps(["billing", "outage", "security"])
 

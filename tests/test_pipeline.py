@@ -21,7 +21,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from conftest import ticket_rows, write_jsonl
+from conftest import running, ticket_rows, write_jsonl
 from niche import tracking
 from niche.config import WatchSettings, load_config
 from niche.io import sha256_of_file
@@ -35,7 +35,6 @@ from niche.watch import (
     watch,
     watch_once,
 )
-from test_serve import running
 
 WEAK = "training.learning_rate=0.000001"  # trains, but learns nothing: the "worse run"
 

@@ -1,12 +1,12 @@
-import json
-
 import pytest
+from transformers import AutoTokenizer
 
 from conftest import write_jsonl
 from niche.config import load_config
 from niche.data.examples import Example
 from niche.data.prepare import prepare_data, split_validation
 from niche.data.sampling import hold_out, stratified_sample
+from niche.export import ollama_template, render_ollama_template
 from niche.train.recipe import OBJECTIVE_DEFAULTS, DataProfile, choose_epochs, choose_recipe
 
 
@@ -41,6 +41,8 @@ def test_a_head_layer_past_the_base_is_a_clear_error() -> None:
 
     with pytest.raises(ConfigError, match="training.head_layer 40: the base has decoder layers 1 to 30"):
         choose_recipe(load_config(None, ["training.head_layer=40"]), profile(100), "classify", base_layers=30)
+    with pytest.raises(ConfigError, match="training.head_layer: set, but this run trains the generate objective"):
+        choose_recipe(load_config(None, ["training.head_layer=10"]), profile(100), "generate", base_layers=30)
 
 
 def test_a_stratified_sample_keeps_each_labels_share() -> None:
@@ -102,9 +104,14 @@ def test_the_base_models_default_system_prompt_is_left_out_of_every_row(tiny_con
 
     result = train(tiny_config("prompt.system_prompt=", "training.max_steps=1"), show_progress=False)
     template = result.manifest.template.to_template()
-    assert template.system_prompt == "", "SmolLM2's template writes its own system prompt when given none"
     prompt = TemplateEncoder(tokenizer, template).template.render_prompt(
         tokenizer, Example(messages=({"role": "user", "content": "ticket 1"},), response="")
     )
     assert "SmolLM" not in prompt and prompt.startswith("<|im_start|>system\n<|im_end|>")
-    assert json.loads((result.specialist_dir / "niche.json").read_text())["template"]["system_prompt"] == ""
+    # The empty system turn is part of the stored template, so every consumer of it renders the same prompt:
+    # the tokenizer saved with the adapter (vLLM, lm-eval, PeftModel users) and the Ollama Modelfile.
+    saved = AutoTokenizer.from_pretrained(result.specialist_dir)
+    user_only = [{"role": "user", "content": "ticket 1"}]
+    assert saved.apply_chat_template(user_only, tokenize=False, add_generation_prompt=True) == prompt
+    ollama = render_ollama_template(ollama_template(tokenizer, template.chat_template), None, "ticket 1")
+    assert ollama == prompt

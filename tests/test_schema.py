@@ -56,6 +56,17 @@ def test_a_given_schema_is_checked_against_every_training_answer(tmp_path) -> No
         read_schema(path)
 
 
+def test_an_answer_that_is_not_a_json_object_is_named_by_its_row(tmp_path) -> None:
+    rows = [
+        *answers({"n": 1}),
+        Example(messages=({"role": "user", "content": "x"},), response="n=2", source="t.jsonl:7"),
+    ]
+    with pytest.raises(DataError, match=r"t\.jsonl:7: a JSON task's answer must be a JSON object, got 'n=2'"):
+        infer_schema(rows)
+    with pytest.raises(DataError, match=r"t\.jsonl:7"):
+        check_answers_match(rows, {"type": "object"})
+
+
 @pytest.fixture
 def json_task(tmp_path):
     severities, teams = ["low", "high"], ["payments", "search", "identity"]
@@ -96,3 +107,29 @@ def test_a_json_specialist_stores_its_schema_and_eval_decodes_every_answer_under
     assert "Per field, specialist" in markdown_report(report)
     free = evaluate(result.specialist_dir, json_task["test"], constrain=False, max_new_tokens=8, show_progress=False)
     assert not free.constrained
+
+
+def test_the_server_answers_a_json_specialist_under_its_stored_schema(tiny_config, json_task) -> None:
+    import jsonschema
+    import openai
+
+    from conftest import running
+    from niche.serve.app import create_app
+    from niche.serve.engine import TorchEngine
+    from niche.train import train
+
+    config = tiny_config(
+        f"data.train={json_task['train']}", f"data.validation={json_task['validation']}", "training.max_steps=1"
+    )
+    result = train(config, show_progress=False)
+    engine = TorchEngine(result.specialist_dir.parent)
+    try:
+        with running(create_app(engine)) as url:
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+            messages = [{"role": "user", "content": "alert 99: high risk for the search team"}]
+            # No response_format: one step teaches a random model nothing, so only the stored schema makes this valid.
+            reply = client.chat.completions.create(model=config.name, messages=messages, temperature=0, max_tokens=40)
+            answer = json.loads(reply.choices[0].message.content)
+            jsonschema.validate(answer, result.manifest.task.output_schema)
+    finally:
+        engine.close()

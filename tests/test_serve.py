@@ -1,20 +1,16 @@
 """niche serve as a client sees it: a real uvicorn server on loopback, the official openai client."""
 
-import contextlib
 import json
-import socket
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import pytest
 import torch
-import uvicorn
 
+from conftest import running
 from niche.data.examples import Example
 from niche.serve.app import ServeSettings, create_app
 from niche.serve.engine import BASE_MODEL_NAME, SamplingParams, TorchEngine
@@ -78,26 +74,6 @@ def http_json(method: str, url: str) -> dict:
     status, body = http(method, url)
     assert status == 200, body
     return json.loads(body)
-
-
-@contextlib.contextmanager
-def running(app) -> Iterator[str]:
-    """Serve `app` with uvicorn on a free loopback port; yields its base URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not instance.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert instance.started, "server did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        instance.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -302,6 +302,12 @@ def train_command(
         return
     metrics = result.manifest.metrics
     console.print(f"[green]specialist written to[/] {result.specialist_dir}")
+    if metrics.get("method") == "grpo":
+        console.print(
+            f"grpo: steps {metrics['steps']}, {metrics['train_runtime_s']:.0f} s "
+            f"({metrics['seconds_per_step']:.1f} s/step), {metrics['prompts']} prompts"
+        )
+        return
     validation = (
         f"validation accuracy {metrics['eval_accuracy']:.4f}"
         if metrics.get("eval_accuracy") is not None
@@ -345,7 +351,12 @@ def eval_command(
         str | None,
         typer.Option(help="Also score this bare base model with the same prompt ('base' = the specialist's own)."),
     ] = None,
-    constrain: Annotated[bool | None, typer.Option(help="Label tasks: decode only labels from the label set.")] = None,
+    constrain: Annotated[
+        bool | None,
+        typer.Option(
+            help="Decode label tasks within the label set and JSON tasks under the stored schema (on by default)."
+        ),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Inference batch size.")] = None,
     baselines: Annotated[
         bool,

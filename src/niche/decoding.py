@@ -90,8 +90,9 @@ class JsonGrammar:
         self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=stop_ids)
         self.vocab_size = vocab_size
 
-    def compile(self, schema: dict[str, Any] | None) -> str:
-        """The grammar text for `schema` (None: any JSON object); a schema it cannot compile is a SchemaError."""
+    def compile(self, schema: dict[str, Any] | None, where: str = "response_format.json_schema.schema") -> str:
+        """The grammar text for `schema` (None: any JSON object); a schema it cannot compile is a SchemaError
+        naming `where` the schema came from."""
         import llguidance
 
         try:
@@ -101,10 +102,10 @@ class JsonGrammar:
                 defaults={"whitespace_flexible": False},
             )
         except (ValueError, TypeError) as error:
-            raise SchemaError(f"response_format.json_schema.schema: not a JSON schema object: {error}") from error
+            raise SchemaError(f"{where}: not a JSON schema object: {error}") from error
         problem = llguidance.LLMatcher.validate_grammar(grammar, self.tokenizer)
         if problem and not problem.startswith("WARNING"):
-            raise SchemaError(f"response_format.json_schema.schema: cannot be compiled: {problem}")
+            raise SchemaError(f"{where}: cannot be compiled: {problem}")
         return grammar
 
     def constraint(self, grammar: str) -> JsonConstraint:

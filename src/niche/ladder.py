@@ -12,6 +12,7 @@ ladder.html with plots.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import statistics
@@ -24,7 +25,16 @@ from niche.config import NicheConfig
 from niche.data.examples import Example
 from niche.data.template import TemplateEncoder
 from niche.errors import ConfigError
-from niche.eval.evaluate import bare_base, decoding_options, load_test_examples, references_of, score_model, zero_shot
+from niche.eval.baselines import BASELINES
+from niche.eval.evaluate import (
+    bare_base,
+    decoding_options,
+    load_test_examples,
+    references_of,
+    score_model,
+    training_rows,
+    zero_shot,
+)
 from niche.eval.generation import answer_examples
 from niche.eval.metrics import HEADLINE_METRIC
 from niche.hardware import detect_hardware
@@ -35,7 +45,6 @@ from niche.tracking import log_to_run, tracked_run
 
 RUNGS = (("base", False, False), ("base+rag", False, True), ("specialist", True, False), ("specialist+rag", True, True))
 # Label tasks add the classic baselines as rungs: no language model at all (niche.eval.baselines).
-BASELINE_RUNGS = ("tfidf+logreg", "embeddings+logreg")
 
 
 @dataclass
@@ -155,7 +164,7 @@ def recommend(rungs: list[Rung], target: float) -> tuple[str, str]:
             f"{choice.name} reaches the target {target:g} ({choice.headline:.3f}) at the lowest cost per request "
             f"among the {len(meeting)} rung(s) that do"
         )
-        if choice.name in BASELINE_RUNGS:
+        if choice.name in BASELINES:
             specialist = next((rung for rung in rungs if rung.name == "specialist"), None)
             versus = f" (the specialist scores {specialist.headline:.3f})" if specialist else ""
             reason += f"; a classic baseline needs no language model: use it{versus}"
@@ -196,19 +205,26 @@ def run_ladder(config: NicheConfig, *, show_progress: bool = True) -> LadderRepo
         if config.rag.relevant_field:
             relevant = _relevant_sources(config.data.test, config.rag.relevant_field)
             retrieval |= retrieval_metrics(hits, relevant, config.rag.top_k)
+    # Read before any rung is scored: a training file moved since training fails the ladder at once.
+    baseline_rows = training_rows(manifest) if manifest.task.kind == "label" else None
+    if head is not None and rag_examples is not None:
+        notes.append("specialist+rag was skipped: a label head reads the bare text and was not trained with context")
     rungs = []
     for name, with_adapter, with_rag in RUNGS:
-        if with_rag and rag_examples is None:
+        if with_rag and rag_examples is None or (with_rag and with_adapter and head is not None):
             continue
         rung_examples = rag_examples if with_rag and rag_examples is not None else examples
         if with_adapter:
-            rung_encoder, rung_options = (
-                encoder,
-                options | ({"head": head, "labels": manifest.task.labels} if head else {}),
-            )
+            rung_encoder = encoder
+            rung_options = options | ({"head": head, "labels": manifest.task.labels} if head else {})
+            scored_model = contextlib.nullcontext(model)
+        else:
+            rung_encoder, rung_options = (encoder, options) if head is None else zero_shot(manifest, tokenizer, options)
+            scored_model = bare_base(model, tokenizer, manifest, "base", hardware)
+        with scored_model as rung_model:
             rung = _score_rung(
                 name,
-                model,
+                rung_model,
                 rung_encoder,
                 rung_examples,
                 references,
@@ -217,24 +233,11 @@ def run_ladder(config: NicheConfig, *, show_progress: bool = True) -> LadderRepo
                 config.ladder,
                 show_progress,
             )
+        if with_adapter:
             rung.build_seconds = manifest.metrics.get("train_runtime_s")
-        else:
-            rung_encoder, rung_options = (encoder, options) if head is None else zero_shot(manifest, tokenizer, options)
-            with bare_base(model, tokenizer, manifest, "base", hardware) as base_model:
-                rung = _score_rung(
-                    name,
-                    base_model,
-                    rung_encoder,
-                    rung_examples,
-                    references,
-                    manifest,
-                    rung_options,
-                    config.ladder,
-                    show_progress,
-                )
         rungs.append(rung)
-    if manifest.task.kind == "label":
-        rungs += _baseline_rungs(manifest, examples, references, config.ladder, show_progress)
+    if baseline_rows is not None:
+        rungs += _baseline_rungs(baseline_rows, manifest, examples, references, config.ladder, show_progress)
     recommendation, reason = recommend(rungs, config.ladder.target)
     if head is None:
         forgetting = _forgetting(model, tokenizer, config, show_progress)
@@ -268,13 +271,17 @@ def run_ladder(config: NicheConfig, *, show_progress: bool = True) -> LadderRepo
 
 
 def _baseline_rungs(
-    manifest: Any, examples: list[Example], references: list[str], settings: Any, show_progress: bool
+    rows: tuple[list[Example], list[Example]],
+    manifest: Any,
+    examples: list[Example],
+    references: list[str],
+    settings: Any,
+    show_progress: bool,
 ) -> list[Rung]:
     """TF-IDF and embedding logistic regressions fitted on the specialist's training rows, as rungs."""
     from niche.eval.baselines import run_baselines
-    from niche.eval.evaluate import training_rows
 
-    train_rows, validation_rows = training_rows(manifest)
+    train_rows, validation_rows = rows
     if show_progress:
         print(f"ladder: fitting the classic baselines on {len(train_rows)} training rows")
     scores = run_baselines(

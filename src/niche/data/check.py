@@ -82,7 +82,9 @@ def check_data(
     report.empty_responses = sum(not example.response.strip() for example in examples)
     if tokenizer is not None:
         labels = sorted(report.label_counts) if report.label_counts else None
-        encoder = TemplateEncoder(tokenizer, build_template(tokenizer, system_prompt, None, labels))
+        encoder = TemplateEncoder(
+            tokenizer, build_template(tokenizer, system_prompt, None, labels, drop_default_system_prompt=True)
+        )
         report.prompt_tokens = LengthStats.of([len(encoder.prompt_ids(example)) for example in examples])
         report.response_tokens = LengthStats.of([len(encoder.completion_ids(example)) for example in examples])
     return report

@@ -9,7 +9,6 @@ baselines can be fitted on exactly the rows the specialist trained on.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,6 @@ from niche.data.tasks import check_labels_known, detect_task_kind, label_of, lab
 from niche.errors import ConfigError, DataError
 from niche.io import sha256_of_file
 from niche.specialist import DataFingerprint
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,9 +46,12 @@ def prepare_data(config: NicheConfig) -> PreparedData:
     task_kind = detect_task_kind(train_read.examples, train_read.format, config.data.task)
     cap, seed = config.data.validation_max_rows, config.training.seed
     train_examples = train_read.examples
+    labels = label_set(train_read.examples) if task_kind == "label" else None
     if config.data.validation is not None:
         validation = load_examples(config.data.validation, train_read.format, config.data.fields).examples
         fingerprints["validation"] = fingerprint_of(config.data.validation, len(validation))
+        if labels:
+            check_labels_known(validation, labels)  # every row, before the sample leaves most of them out
         source = "file"
         if len(validation) > cap:
             chosen = stratified_sample(strata(validation, task_kind), cap, seed)
@@ -63,10 +63,12 @@ def prepare_data(config: NicheConfig) -> PreparedData:
         source = "held out of train"
     if len(train_examples) < 2 or not validation:
         raise DataError(config.data.train, f"too few examples to train ({len(train_read.examples)}); need at least 3")
-    labels = label_set(train_read.examples) if task_kind == "label" else None
-    if labels:
-        check_labels_known(validation, labels)
     prepared = PreparedData(train_examples, validation, train_read.format, task_kind, labels, fingerprints, source)
+    if config.data.schema_ is not None and task_kind != "json":
+        raise ConfigError(
+            f"data.schema: given, but the task is {task_kind!r}, not json; a schema applies to JSON answers "
+            "(set data.task: json, or remove data.schema)"
+        )
     if task_kind == "json":
         prepared.output_schema, prepared.schema_source = output_schema_for(config, train_read.examples)
     return prepared

@@ -50,23 +50,34 @@ def check_answers_match(examples: Sequence[Example], schema: dict[str, Any]) -> 
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(schema)
-    for example in examples:
-        error = next(iter(validator.iter_errors(json.loads(example.response))), None)
+    for example, answer in zip(examples, answers_as_objects(examples)):
+        error = next(iter(validator.iter_errors(answer)), None)
         if error is not None:
-            path, _, line = example.source.rpartition(":")
             where = "/".join(str(part) for part in error.absolute_path) or "the answer"
-            raise DataError(
-                path or example.source,
-                f"answer does not match data.schema at {where}: {error.message}",
-                line=int(line) if line.isdigit() else None,
-            )
+            raise _row_error(example, f"answer does not match data.schema at {where}: {error.message}")
+
+
+def answers_as_objects(examples: Sequence[Example]) -> list[dict[str, Any]]:
+    """Every answer parsed; the first that is not a JSON object is an error naming its row."""
+    answers = []
+    for example in examples:
+        answer = parse_json_object(example.response)
+        if answer is None:
+            raise _row_error(example, f"a JSON task's answer must be a JSON object, got {example.response[:60]!r}")
+        answers.append(answer)
+    return answers
+
+
+def _row_error(example: Example, message: str) -> DataError:
+    path, _, line = example.source.rpartition(":")
+    return DataError(path or example.source, message, line=int(line) if line.isdigit() else None)
 
 
 def infer_schema(examples: Sequence[Example]) -> dict[str, Any]:
     """The JSON Schema every training answer satisfies, with enums for closed sets of strings."""
-    values = [parse_json_object(example.response) for example in examples]
-    if not values or any(value is None for value in values):
-        raise ConfigError("a JSON task needs every training answer to be a JSON object to infer its schema")
+    if not examples:
+        raise ConfigError("a JSON task needs training answers to infer its schema from")
+    values: list[Any] = answers_as_objects(examples)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **_schema_of(values)}
 
 

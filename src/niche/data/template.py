@@ -8,10 +8,15 @@ the end-of-turn token is always learned even when pad == eos (SmolLM2: both id 2
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from jinja2 import TemplateError
 
 from niche.data.examples import Example
 from niche.errors import NicheError
+
+if TYPE_CHECKING:
+    from niche.config import PromptConfig
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -116,6 +121,14 @@ class TemplateEncoder:
         )
 
 
+# Prepended to a template that writes a built-in system prompt when a conversation has none: an empty system
+# turn takes its place.
+EMPTY_SYSTEM_TURN = (
+    "{%- if not messages or messages[0]['role'] != 'system' %}"
+    "{%- set messages = [{'role': 'system', 'content': ''}] + messages %}{%- endif %}"
+)
+
+
 def default_chat_template(tokenizer: Any) -> str:
     return tokenizer.chat_template if isinstance(getattr(tokenizer, "chat_template", None), str) else CHATML_TEMPLATE
 
@@ -133,8 +146,18 @@ def build_template(
     an empty system turn instead."""
     template = chat_template or default_chat_template(tokenizer)
     if system_prompt is None and drop_default_system_prompt and writes_default_system_prompt(tokenizer, template):
-        system_prompt = ""
+        # Baked into the template rather than added by niche, so that every consumer of the stored template
+        # (the saved tokenizer, GGUF metadata, Ollama's Modelfile, vLLM) renders what training saw.
+        template = EMPTY_SYSTEM_TURN + template
     return PromptTemplate(chat_template=template, system_prompt=system_prompt_with_labels(system_prompt, labels))
+
+
+def specialist_template(tokenizer: Any, prompt: PromptConfig, labels: list[str] | None) -> PromptTemplate:
+    """The template a generative specialist is trained and served with: the configured prompt and chat template,
+    and no built-in default system prompt paid on every row when none is configured."""
+    return build_template(
+        tokenizer, prompt.system_prompt, prompt.chat_template, labels, drop_default_system_prompt=True
+    )
 
 
 def writes_default_system_prompt(tokenizer: Any, chat_template: str) -> bool:
@@ -145,7 +168,10 @@ def writes_default_system_prompt(tokenizer: Any, chat_template: str) -> bool:
         text = tokenizer.apply_chat_template(messages, chat_template=chat_template, tokenize=False)
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    return rendered(user) > rendered([{"role": "system", "content": ""}, *user])
+    try:
+        return rendered(user) > rendered([{"role": "system", "content": ""}, *user])
+    except TemplateError:  # templates that refuse a system turn (Gemma, early Mistral) have no default either
+        return False
 
 
 def system_prompt_with_labels(system_prompt: str | None, labels: list[str] | None) -> str | None:

@@ -6,8 +6,8 @@
   regression.
 
 Each gets its best configuration within a small search a careful user would run: the regularisation strength C
-is chosen on the specialist's validation rows (never the test rows), then the model is refitted on the training
-rows. Fit time counts the whole search, the embedding of the training rows included.
+is chosen on the specialist's validation rows (never the test rows), each candidate fitted on the training rows
+only, and the best kept. Fit time counts the whole search, the embedding of the training rows included.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def _tfidf_features() -> Any:
 def _best_logistic_regression(
     train_features: Any, train_labels: list[str], validation_features: Any, validation_labels: list[str], seed: int
 ) -> tuple[Any, float, dict[str, float]]:
-    """The C with the best validation accuracy (the smaller C on ties), its model refitted, and every score."""
+    """The C with the best validation accuracy (the smaller C on ties), its fitted model, and every C's score."""
     from sklearn.linear_model import LogisticRegression
 
     scores: dict[str, float] = {}

@@ -12,6 +12,7 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from niche.config import LadderSettings
 from niche.data.examples import Example
 from niche.data.formats import load_examples
 from niche.data.tasks import check_labels_known, label_of
@@ -175,7 +176,8 @@ def track_eval(report: EvalReport, manifest: SpecialistManifest, data_path: Path
         )
         tracker.tags({"data.test.sha256": sha256_of_file(data_path), "specialist.name": manifest.name})
         for result in report.results:
-            role = "specialist" if result.name.startswith("specialist") else "base"
+            # "specialist (x)", "base (y)", "tfidf+logreg": MLflow keys take no "+".
+            role = result.name.split(" ")[0].replace("+", "_")
             tracker.metrics({f"{role}.{key}": value for key, value in result.metrics.items()})
             tracker.metrics({f"{role}.examples_per_s": result.examples_per_s})
         return tracker.run_id
@@ -277,6 +279,7 @@ def baseline_scores(
     if show_progress:
         print(f"fitting the classic baselines on {len(train_rows)} training rows")
     scores = run_baselines(train_rows, validation_rows, examples, references, manifest.task.labels, seed=0)
+    price = LadderSettings.model_validate(manifest.config.get("ladder", {})).price_per_hour
     return [
         ModelScore(
             score.name,
@@ -288,6 +291,8 @@ def baseline_scores(
                 "fit_seconds": score.fit_seconds,
                 "latency_p50_ms": score.latency_p50_ms,
                 "latency_p95_ms": score.latency_p95_ms,
+                "price_per_hour": price,
+                "cost_per_thousand_requests": score.cost_per_thousand_requests(price),
                 "settings": score.settings,
             },
         )
@@ -350,14 +355,15 @@ def _baseline_lines(report: EvalReport) -> list[str]:
         "",
         "Classic baselines, fitted on the specialist's training rows (C chosen on its validation rows):",
         "",
-        "| baseline | fit (s) | latency p50 / p95 (ms) | C |",
-        "|---|---|---|---|",
+        "| baseline | fit (s) | latency p50 / p95 (ms) | cost / 1k requests | C |",
+        "|---|---|---|---|---|",
     ]
     for result in fitted:
         details = result.details
         lines.append(
             f"| {result.name} | {details['fit_seconds']:.1f} | {details['latency_p50_ms']:.1f} / "
-            f"{details['latency_p95_ms']:.1f} | {details['settings'].get('C')} |"
+            f"{details['latency_p95_ms']:.1f} | {details['cost_per_thousand_requests']:.6f} at "
+            f"{details['price_per_hour']:g}/h | {details['settings'].get('C')} |"
         )
     return lines
 

@@ -29,6 +29,8 @@ WRITE_RESERVE_S = 1.0
 WRITE_RESERVE_SHARE = 0.01
 # Learning-rate schedules that can follow a horizon planned while training runs.
 PLANNED_SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
+# A step count no run reaches.
+NEVER = 2**62
 
 
 def format_duration(seconds: float) -> str:
@@ -51,6 +53,8 @@ class TrainingPlan:
     save_seconds: float = 1.0  # one checkpoint save, measured after the first
     validation_cost: float = 0.0  # validation tokens / training tokens per step: estimates the first pass
     stopped_by: str | None = None  # "budget" or "plateau" when training ended before max_steps
+    spent_training_s: float = 0.0  # measured: optimizer steps
+    spent_validating_s: float = 0.0  # measured: validation passes and the checkpoint saves that follow them
     eval_every_given: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -114,7 +118,15 @@ class TrainingPlan:
             "eval_seconds": self.eval_seconds,
             "save_seconds": self.save_seconds,
             "stopped_by": self.stopped_by,
+            "training_seconds": round(self.spent_training_s, 2),
+            "validation_seconds": round(self.spent_validating_s, 2),
+            "validation_share": round(self.validation_share(), 4),
         }
+
+    def validation_share(self) -> float:
+        """The share of step-and-validation time that went to validating (the final pass included)."""
+        total = self.spent_training_s + self.spent_validating_s
+        return self.spent_validating_s / total if total else 0.0
 
 
 def derived_eval_every(total_steps: int, seconds_per_step: float, seconds_per_validation: float) -> int:
@@ -144,19 +156,25 @@ class PlannerCallback(TrainerCallback):
         self.step_started = 0.0
         self.step_seconds: list[float] = []
         self.after_step = 0.0  # when the last step ended: validation and saving follow it
+        self.last_validated = 0  # the step of the last validation pass
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.plan.begin(state.max_steps)
+        self.last_validated = state.global_step
         self._apply(state)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.step_started = time.monotonic()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # The Trainer's own check (run before this callback) stops at the horizon planned after the last step;
+        # a re-plan now must not move the horizon past a step the run is already stopping at.
+        reached_horizon = state.global_step >= state.max_steps
         now = time.monotonic()
         self.step_seconds.append(now - self.step_started)
         self.after_step = now
         plan = self.plan
+        plan.spent_training_s += now - self.step_started
         timed = self.step_seconds[1:]  # the first step pays one-off costs
         if len(timed) >= CALIBRATION_STEPS:
             plan.seconds_per_step = sum(timed) / len(timed)
@@ -165,7 +183,11 @@ class PlannerCallback(TrainerCallback):
                 plan.eval_seconds = plan.seconds_per_step * plan.validation_cost / 3
         plan.replan(state.global_step)
         self._apply(state)
-        if state.global_step >= plan.total_steps or plan.over_budget():
+        # Validation is counted from the last pass, not by `step % eval_every`: the cadence moves as the plan does,
+        # and a modulus of a moving number would fire passes a few steps apart.
+        if plan.eval_every is not None and state.global_step - self.last_validated >= plan.eval_every:
+            control.should_evaluate = control.should_save = True
+        if reached_horizon or state.global_step >= plan.total_steps or plan.over_budget():
             if state.global_step < plan.max_steps:
                 plan.stopped_by = "budget"
             plan.total_steps = state.global_step
@@ -175,17 +197,22 @@ class PlannerCallback(TrainerCallback):
             control.should_save = True
 
     def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.last_validated = state.global_step
         self.plan.eval_seconds = time.monotonic() - self.after_step
+        self.plan.spent_validating_s += self.plan.eval_seconds
         self.after_step = time.monotonic()
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.plan.save_seconds = max(time.monotonic() - self.after_step, 0.05)
+        saved = time.monotonic() - self.after_step
+        self.plan.save_seconds = max(saved, 0.05)
+        self.plan.spent_validating_s += saved
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.plan.stopped_by is None and state.global_step < self.plan.total_steps:
             self.plan.stopped_by = "plateau"
 
     def _apply(self, state: Any) -> None:
-        plan = self.plan
-        state.max_steps = plan.total_steps
-        state.eval_steps = state.save_steps = plan.eval_every
+        state.max_steps = self.plan.total_steps
+        # The Trainer's own `step % eval_steps` trigger is kept from firing (this callback decides), but it still
+        # validates the final step, which no cadence lands on.
+        state.eval_steps = state.save_steps = NEVER

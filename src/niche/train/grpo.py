@@ -20,7 +20,7 @@ from typing import Any
 from niche.config import NicheConfig
 from niche.data.examples import Example
 from niche.data.tasks import label_of
-from niche.data.template import TemplateEncoder, build_template
+from niche.data.template import TemplateEncoder, specialist_template
 from niche.errors import ConfigError
 from niche.hardware import detect_hardware
 from niche.models import load_model, load_tokenizer, resolve_base
@@ -82,6 +82,12 @@ def train_grpo(config: NicheConfig, *, show_progress: bool = True) -> Any:
         write_specialist,
     )
 
+    for field_name in ("time_budget", "early_stopping_patience"):
+        if getattr(config.training, field_name) is not None:
+            raise ConfigError(
+                f"training.{field_name}: GRPO runs its steps (training.max_steps or epochs) and has no validation loss to "
+                "plan or stop on; remove it, or train with method: sft"
+            )
     settings = config.grpo
     hardware = detect_hardware()
     start = settings.start_from
@@ -98,17 +104,11 @@ def train_grpo(config: NicheConfig, *, show_progress: bool = True) -> Any:
         base = resolve_base(config.base)
     tokenizer = load_tokenizer(base)
     data = prepare_data(config)
-    profile = DataProfile(data.task_kind, len(data.train), len(data.labels or []) or None, 0.0, 0)
+    profile = DataProfile(data.task_kind, len(data.train), len(data.labels or []) or None, None, None)
     recipe = choose_recipe(config, profile, objective="grpo")
     config = apply_recipe(config, recipe)
     if start is None:
-        template = build_template(
-            tokenizer,
-            config.prompt.system_prompt,
-            config.prompt.chat_template,
-            data.labels,
-            drop_default_system_prompt=True,
-        )
+        template = specialist_template(tokenizer, config.prompt, data.labels)
     encoder = TemplateEncoder(tokenizer, template)
     rewards = settings.rewards or default_rewards(data.task_kind)
     reward_functions = [build_reward(spec, settings.group_size) for spec in rewards]

@@ -1,11 +1,14 @@
 """The default recipe: training settings a config leaves empty, chosen from the data by a documented rule.
 
-The rule reads the training set's size, its label count and its row lengths, and was found by
-`bench/recipe_search.py` on public data (CLINC150 whole and its banking domain, and the project's example
-domain); the search's results file records every configuration tried, its accuracy and its minutes. A value
-given in niche.yaml always wins; every value used, and where it came from, is written to niche.json.
+The rule reads the task kind, the number of training rows and, for a label head, the base's depth; it was found
+by `bench/recipe_search.py` on public data (CLINC150 whole and its banking domain, and the project's example
+domain), whose results file records every configuration tried, its accuracy and its minutes. A value given in
+niche.yaml always wins; every value used, where it came from, and the data profile it was chosen for (rows,
+labels, token lengths) are written to niche.json.
 
-- Objective (label tasks): see `choose_objective`.
+- Objective: a label head for label tasks, generation otherwise (`default_objective`; `niche.train.sft.
+  choose_objective` keeps generation when the config asks for what only a generative specialist has).
+- Head layer: half of the base's decoder layers (`choose_head_layer`).
 - Learning rate, batch size, LoRA rank: per objective (OBJECTIVE_DEFAULTS).
 - Epochs: enough optimizer steps for small sets, few passes for large ones (`choose_epochs`); with a time budget
   the run also stops when the budget says so, whichever comes first.
@@ -15,6 +18,7 @@ given in niche.yaml always wins; every value used, and where it came from, is wr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,13 +52,13 @@ OBJECTIVE_DEFAULTS = {
 
 @dataclass(frozen=True)
 class DataProfile:
-    """What the rule reads: the training rows, the label count, the encoded row lengths."""
+    """The training data a recipe is chosen for (the rule reads the task kind and the rows; all is recorded)."""
 
     task_kind: str
     rows: int
     labels: int | None
-    mean_tokens: float
-    longest_tokens: int
+    mean_tokens: float | None  # None where rows are not encoded up front (GRPO)
+    longest_tokens: int | None
 
 
 @dataclass
@@ -69,11 +73,13 @@ class Recipe:
     lora_alpha: int
     head_layer: int | None = None
     sources: dict[str, str] = field(default_factory=dict)
+    profile: DataProfile | None = None
 
     def record(self) -> dict[str, Any]:
         names = ("learning_rate", "epochs", "batch_size", "lora_r", "lora_alpha", "head_layer")
         values = {name: getattr(self, name) for name in names}
-        return {"objective": self.objective, "values": values, "sources": self.sources}
+        profile = dataclasses.asdict(self.profile) if self.profile else None
+        return {"objective": self.objective, "values": values, "sources": self.sources, "profile": profile}
 
 
 def default_objective(task_kind: str) -> str:
@@ -104,6 +110,12 @@ def choose_recipe(
 
     r = pick("lora_r", lora.r, defaults.lora_r)
     head_layer = None
+    if objective != "classify" and training.head_layer is not None:
+        raise ConfigError(
+            f"training.head_layer: set, but this run trains the {objective} objective, which has no label head "
+            "(label tasks train one unless training.objective is generate or the config asks for a generative "
+            "specialist); remove it or set training.objective: classify"
+        )
     if objective == "classify":
         if base_layers is None:
             raise ConfigError("a label head's recipe needs the base model's layer count")
@@ -119,6 +131,7 @@ def choose_recipe(
         lora_alpha=pick("lora_alpha", lora.alpha, 2 * r),
         head_layer=head_layer,
         sources=sources,
+        profile=profile,
     )
 
 

@@ -23,7 +23,8 @@ from niche.config import NicheConfig
 from niche.data.examples import Example
 from niche.data.formats import load_examples
 from niche.data.prepare import PreparedData, fingerprint_of, prepare_data
-from niche.data.template import EncodedExample, PromptTemplate, TemplateEncoder, build_template
+from niche.data.template import EncodedExample, PromptTemplate, TemplateEncoder, specialist_template
+from niche.decoding import JsonGrammar
 from niche.errors import ConfigError, DataError
 from niche.hardware import Hardware, detect_hardware, training_attention
 from niche.head import HEAD_TEMPLATE, save_head
@@ -123,7 +124,7 @@ def lora_config(config: NicheConfig, layers: int | None = None, model: Any = Non
     )
 
 
-# Validation cadence before the planner has timed a step (it then derives one: niche.train.budget).
+# The Trainer's validation cadence argument; the planner (niche.train.budget) sets the cadence it runs.
 PROVISIONAL_EVAL_EVERY = 50
 
 
@@ -196,6 +197,11 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
     data = prepare_data(config)
     objective = choose_objective(config, data.task_kind)
     encoder, train_encoded, validation_encoded, rejects = encode_for(objective, config, tokenizer, data)
+    if data.output_schema is not None:
+        # Eval and serve decode under it: a schema the grammar engine refuses fails now, not after training.
+        JsonGrammar(tokenizer, len(tokenizer), encoder.stop_ids).compile(
+            data.output_schema, f"data.schema ({data.schema_source})"
+        )
     replayed = 0
     if config.data.replay is not None:
         replay_encoded, replay_rejects = encode_replay(config, tokenizer, encoder.template, len(data.train))
@@ -258,6 +264,8 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
             (callback for callback in trainer.callback_handler.callbacks if hasattr(callback, "stopped_at")), None
         )
         if probe is not None:
+            if probe.stopped_at is not None:
+                metrics["plan"]["stopped_by"] = "forgetting"
             metrics |= {
                 "forgetting_probe_base_accuracy": probe.baseline,
                 "forgetting_probe": probe.history,
@@ -331,13 +339,7 @@ def encode_for(
         train_encoded, rejects = encode_for_head(encoder, data.train, labels, max_length)
         validation_encoded, validation_rejects = encode_for_head(encoder, data.validation, labels, max_length)
         return encoder, train_encoded, validation_encoded, rejects + validation_rejects
-    template = build_template(
-        tokenizer,
-        config.prompt.system_prompt,
-        config.prompt.chat_template,
-        data.labels,
-        drop_default_system_prompt=True,
-    )
+    template = specialist_template(tokenizer, config.prompt, data.labels)
     encoder = TemplateEncoder(tokenizer, template)
     train_encoded, rejects = encode_examples(encoder, data.train, max_length)
     validation_encoded, validation_rejects = encode_examples(encoder, data.validation, max_length)
