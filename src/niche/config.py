@@ -127,11 +127,6 @@ class TrainingSettings(_Strict):
         None, ge=1, description="Stop after this many validations without improvement (off when absent)."
     )
 
-    @field_validator("time_budget", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float | None:
-        return None if value is None else parse_duration(value)
-
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk (the best one is always kept).")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
@@ -150,6 +145,11 @@ class TrainingSettings(_Strict):
     head_layer: int | None = Field(
         None, ge=1, description="classify: the decoder layer whose output the head reads; chosen when absent."
     )
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float | None:
+        return None if value is None else parse_duration(value)
 
 
 class EvalSettings(_Strict):

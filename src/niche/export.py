@@ -599,7 +599,7 @@ def _export_head_merged(
     must match the trained specialist's on the held-out rows."""
     from niche.eval.evaluate import load_test_examples, references_of
     from niche.eval.metrics import HEADLINE_METRIC, SCORERS
-    from niche.head import HEAD_FILE, classify
+    from niche.head import classify, cut_at_layer
     from niche.specialist import load_label_head, load_specialist
 
     assert manifest.task.head is not None and manifest.task.labels is not None
@@ -618,13 +618,12 @@ def _export_head_merged(
     with atomic_directory(out_dir) as staging:
         merged = merge_into_base(specialist_dir, staging)
         # The merged model is whole; classifying reads the head's layer, as the trained (cut) model did.
-        from niche.head import cut_at_layer
-
         produced = classify(cut_at_layer(merged, manifest.task.head.layer), head, encoder, labels, examples)
-        shutil.copy(specialist_dir / HEAD_FILE, staging / HEAD_FILE)
+        head_file = manifest.task.head.file
+        shutil.copy(specialist_dir / head_file, staging / head_file)
         shutil.copy(specialist_dir / "niche.json", staging / "niche.json")
         readme = HEAD_EXPORT_README.format(
-            name=manifest.name, head_file=HEAD_FILE, labels=labels, layer=manifest.task.head.layer
+            name=manifest.name, head_file=head_file, labels=labels, layer=manifest.task.head.layer
         )
         write_text_atomic(staging / "README.md", readme)
         references = references_of(examples, manifest.task.kind)

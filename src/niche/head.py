@@ -75,11 +75,11 @@ def save_head(head: LabelHead, directory: Path) -> None:
     save_file({name: tensor.detach().contiguous() for name, tensor in head.state_dict().items()}, directory / HEAD_FILE)
 
 
-def load_head(directory: Path, hidden_size: int, labels: int) -> LabelHead:
+def load_head(directory: Path, hidden_size: int, labels: int, file: str = HEAD_FILE) -> LabelHead:
     from safetensors.torch import load_file
 
     head = LabelHead(hidden_size, labels)
-    head.load_state_dict(load_file(Path(directory) / HEAD_FILE))
+    head.load_state_dict(load_file(Path(directory) / file))
     return head.eval()
 
 

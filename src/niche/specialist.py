@@ -141,9 +141,14 @@ def load_specialist(specialist_dir: Path, device: str, dtype: Any) -> tuple[Any,
 
 def load_label_head(specialist_dir: Path, manifest: SpecialistManifest, model: Any) -> Any:
     """The label head of a head specialist (None for any other), for the model `load_specialist` returned."""
-    if manifest.task.head is None:
+    record = manifest.task.head
+    if record is None:
         return None
     from niche.head import load_head
 
+    if record.pooling != "mean":
+        raise ModelError(
+            f"{specialist_dir}: task.head.pooling {record.pooling!r}; this niche reads mean-pooled heads only"
+        )
     hidden_size = model.get_base_model().config.hidden_size
-    return load_head(Path(specialist_dir), hidden_size, len(manifest.task.labels or [])).to(model.device)
+    return load_head(Path(specialist_dir), hidden_size, len(manifest.task.labels or []), record.file).to(model.device)
