@@ -84,16 +84,23 @@ def run(name: str, dataset: str, overrides: list[str], budget: str) -> dict:
         "recipe": result.manifest.hyperparameters["recipe"]["values"],
         "headline": report.headline_metric,
         "score": round(float(specialist.metrics[report.headline_metric]), 4),
-        "macro_f1": round(float(specialist.metrics.get("macro_f1", float("nan"))), 4),
+        "macro_f1": round(float(specialist.metrics["macro_f1"]), 4) if "macro_f1" in specialist.metrics else None,
         "train_minutes": round(minutes, 2),
         "steps": metrics["steps"],
         "epochs": round(metrics["epochs"], 2),
         "stopped_by": metrics["plan"]["stopped_by"],
+        "validation_share": metrics["plan"]["validation_share"],
         "train_rows": metrics["train_examples"],
         "test_rows": report.rows,
         "eval_seconds": round(eval_seconds, 1),
         "dtype": detect_hardware().description,
     }
+    if report.task_kind == "json":
+        record["json"] = {
+            key: round(float(specialist.metrics[key]), 4)
+            for key in ("valid_json", "schema_valid", "exact_match")
+            if key in specialist.metrics
+        }
     if with_baselines:
         record["baselines"] = {
             item.name: {

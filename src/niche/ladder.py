@@ -43,8 +43,8 @@ from niche.probes import everyday_questions, probe, read_general_text, read_ques
 from niche.specialist import MANIFEST_NAME, load_label_head, load_specialist
 from niche.tracking import log_to_run, tracked_run
 
+# Label tasks add the classic baselines (niche.eval.baselines.BASELINES) as rungs: no language model at all.
 RUNGS = (("base", False, False), ("base+rag", False, True), ("specialist", True, False), ("specialist+rag", True, True))
-# Label tasks add the classic baselines as rungs: no language model at all (niche.eval.baselines).
 
 
 @dataclass
@@ -211,7 +211,7 @@ def run_ladder(config: NicheConfig, *, show_progress: bool = True) -> LadderRepo
         notes.append("specialist+rag was skipped: a label head reads the bare text and was not trained with context")
     rungs = []
     for name, with_adapter, with_rag in RUNGS:
-        if with_rag and rag_examples is None or (with_rag and with_adapter and head is not None):
+        if with_rag and (rag_examples is None or (with_adapter and head is not None)):
             continue
         rung_examples = rag_examples if with_rag and rag_examples is not None else examples
         if with_adapter:
