@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import LABELS, REPO, ticket_rows, write_jsonl
+from conftest import LABELS, ticket_rows, write_jsonl
 from niche.config import load_config
 from niche.errors import ConfigError, DataError
 from niche.ladder import Rung, recommend, run_ladder, write_ladder_report
@@ -169,7 +169,16 @@ def test_ladder_runs_every_rung_and_writes_the_report(tmp_path, tiny_base, handb
         tmp_path / "test.jsonl",
         [{**row, "passage": "security.txt" if row["label"] == "security" else row["passage"]} for row in test_rows],
     )
-    general = REPO.parent / "shared" / "datasets" / "wiki-sentences" / "all_wiki_sents.txt"  # real general text
+    # General-domain text for the perplexity probe, one passage per line, written here (no outside data).
+    general = tmp_path / "general.txt"
+    general.write_text(
+        "\n".join(
+            f"The {town} library opens at {hour} in the morning and closes at {hour + 9} in the evening."
+            for town in ("old", "river", "hill", "market", "harbour", "north")
+            for hour in (7, 8, 9, 10)
+        )
+        + "\n"
+    )
     config = load_config(
         None,
         [
