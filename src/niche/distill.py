@@ -161,15 +161,16 @@ def distill_logits(
 ) -> Any:
     """Make the student base from the teacher's, then train the student against the teacher's distributions."""
     from niche.models import load_tokenizer, resolve_base
-    from niche.specialist import read_manifest, resolve_specialist_base
+    from niche.specialist import read_manifest, require_generative, resolve_specialist_base
     from niche.train import train
 
     teacher_manifest = read_manifest(teacher_dir)
-    if teacher_manifest.task.head is not None:
-        raise ConfigError(
-            f"--mode logits: the teacher {teacher_manifest.name!r} answers with a label head and has no next-token "
-            "distributions to distil; use --mode sequence (the student learns the teacher's labels)"
-        )
+    require_generative(
+        teacher_manifest,
+        "--mode logits: the teacher",
+        "has no next-token distributions to distil",
+        "use --mode sequence (the student learns the teacher's labels)",
+    )
     teacher_base = resolve_specialist_base(teacher_manifest)
     student_base = student_from_layers(teacher_base, student_layers, config.output_dir / f"{config.name}-student-base")
     if load_tokenizer(teacher_base).get_vocab() != load_tokenizer(resolve_base(str(student_base))).get_vocab():

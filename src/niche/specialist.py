@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from niche.data.template import PromptTemplate
-from niche.errors import ModelError
+from niche.errors import ConfigError, ModelError
 
 MANIFEST_NAME = "niche.json"
 # 2: a label specialist may classify with a head (task.head), a JSON specialist carries its output schema.
@@ -137,6 +137,12 @@ def load_specialist(specialist_dir: Path, device: str, dtype: Any) -> tuple[Any,
     model = PeftModel.from_pretrained(base_model, str(specialist_dir))
     model.eval()
     return prepare_for_inference(model), tokenizer, manifest
+
+
+def require_generative(manifest: SpecialistManifest, where: str, lacks: str, instead: str) -> None:
+    """Refuse a label-head specialist where only a generative one will do, saying what it lacks and what to use."""
+    if manifest.task.head is not None:
+        raise ConfigError(f"{where} {manifest.name!r} answers with a label head and {lacks}; {instead}")
 
 
 def load_label_head(specialist_dir: Path, manifest: SpecialistManifest, model: Any) -> Any:

@@ -71,7 +71,7 @@ def train_grpo(config: NicheConfig, *, show_progress: bool = True) -> Any:
     from trl import GRPOConfig, GRPOTrainer
 
     from niche.data.prepare import prepare_data
-    from niche.specialist import read_manifest, resolve_specialist_base
+    from niche.specialist import read_manifest, require_generative, resolve_specialist_base
     from niche.train.engine import RichProgressCallback, TrackerCallback
     from niche.train.recipe import DataProfile, apply_recipe, choose_recipe
     from niche.train.sft import (
@@ -93,11 +93,12 @@ def train_grpo(config: NicheConfig, *, show_progress: bool = True) -> Any:
     start = settings.start_from
     if start is not None:
         manifest = read_manifest(start)
-        if manifest.task.head is not None:
-            raise ConfigError(
-                f"grpo.start_from: {manifest.name!r} answers with a label head and samples no completions to reward; "
-                "start from a generative specialist (training.objective: generate) or from the base"
-            )
+        require_generative(
+            manifest,
+            "grpo.start_from:",
+            "samples no completions to reward",
+            "start from a generative specialist (training.objective: generate) or from the base",
+        )
         base = resolve_specialist_base(manifest)
         template = manifest.template.to_template()
     else:
