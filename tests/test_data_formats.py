@@ -113,3 +113,55 @@ def test_unsupported_extension_is_rejected(tmp_path: Path) -> None:
     path.write_bytes(b"PAR1")
     with pytest.raises(DataError, match="expected .jsonl or .csv"):
         load_examples(path)
+
+
+@pytest.mark.parametrize(
+    ("row", "field", "kind"),
+    [
+        ({"text": {"a": 1}, "label": "a"}, "text", "object"),
+        ({"text": "card declined", "label": ["a", "b"]}, "label", "array"),
+        ({"prompt": {"q": 1}, "completion": "x"}, "prompt", "object"),
+        ({"instruction": "do", "input": [1], "output": "x"}, "input", "array"),
+    ],
+)
+def test_a_json_object_where_text_belongs_is_a_problem_on_its_line(tmp_path: Path, row, field, kind) -> None:
+    good = {key: "x" for key in row}
+    path = write_jsonl(tmp_path / "d.jsonl", [good, row])
+    result = read_examples(path)
+    assert len(result.examples) == 1
+    assert [(problem.line, problem.message) for problem in result.problems] == [
+        (2, f"field {field!r} is a JSON {kind}; expected text (a string) (format {result.format})")
+    ]
+    assert json.loads(result.problems[0].raw) == row, "the rejected row is kept whole for the rejects file"
+
+
+def test_an_answer_may_be_a_json_object(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "extract", "completion": {"team": "billing"}}])
+    assert load_examples(path).examples[0].response == '{"team": "billing"}'
+
+
+def test_a_directory_given_as_the_data_file_says_so(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"is a directory; expected a data file \(\.jsonl or \.csv\)") as error:
+        read_examples(tmp_path)
+    assert "not found" not in str(error.value)
+
+
+def test_one_class_is_a_warning_for_check_and_an_error_for_train(tmp_path: Path) -> None:
+    from niche.config import load_config
+    from niche.data.check import check_data
+    from niche.data.prepare import prepare_data
+
+    rows = [{"text": f"card declined {number}", "label": "billing"} for number in range(8)]
+    path = write_jsonl(tmp_path / "one.jsonl", rows)
+    report = check_data(path)
+    assert report.ok and report.label_counts == {"billing": 8}
+    assert report.warnings == [
+        f"{path}: every one of the 8 rows has the label 'billing': a label task needs at least two classes "
+        "(add rows of the other labels, or use prompt/completion rows for a generation task); "
+        "`niche train` refuses this file"
+    ]
+    with pytest.raises(DataError, match=r"one\.jsonl: every one of the 8 rows has the label 'billing'"):
+        prepare_data(load_config(None, [f"data.train={path}"]))
+    rows.append({"text": "site down", "label": "outage"})
+    write_jsonl(path, rows)
+    assert check_data(path).warnings == []

@@ -143,6 +143,24 @@ def test_vllm_export_checks_the_adapter_and_writes_the_command(tiny_specialist, 
         config_path.write_text(original)
 
 
+@pytest.mark.parametrize("target", ["gguf", "ollama"])
+def test_gguf_export_without_llama_cpp_says_what_to_run_before_any_work(
+    tiny_specialist, tmp_path, monkeypatch, target
+) -> None:
+    import importlib.util
+
+    from niche import export
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: None if name == "llama_cpp" else real_find_spec(name, *args)
+    )
+    monkeypatch.setattr(export, "merge_into_base", lambda *args: pytest.fail("merged before checking llama.cpp"))
+    with pytest.raises(ModelError, match=rf"--to {target} needs llama-cpp-python.*`make llama-cpp`.*C/C\+\+ compiler"):
+        export_specialist(tiny_specialist, target, tmp_path / target)
+    assert not (tmp_path / target).exists()
+
+
 def test_gguf_export_of_a_tiny_model_keeps_parity_through_llama_cpp(tiny_specialist, tmp_path) -> None:
     from niche.export import gguf_metadata
 

@@ -1,10 +1,23 @@
 import json
+from pathlib import Path
 
 import pytest
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from niche.plan import CALIBRATION, SHAPES, PlanRequest, calibration_errors, estimate, shape_from_config
+from niche.hardware import cpu_has_native_bf16
+from niche.plan import (
+    CALIBRATION,
+    DEVICES,
+    SHAPES,
+    TRAIN_SPEED_RESULTS,
+    PlanRequest,
+    calibration_errors,
+    estimate,
+    shape_from_config,
+)
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_parameter_counts_match_the_real_model_and_its_lora(tiny_base) -> None:
@@ -40,3 +53,30 @@ def test_memory_orders_full_above_lora_above_qlora_and_grows_with_batch() -> Non
     small, large = (estimate(PlanRequest("7b", "lora", 512, batch, "h100")) for batch in (1, 8))
     assert large.activations_gib == pytest.approx(8 * small.activations_gib)
     assert not estimate(PlanRequest("7b", "full", 2048, 1, "rtx4090")).fits
+
+
+def test_every_calibration_point_is_labelled_with_the_dtype_it_trained_in() -> None:
+    for point, row in zip(CALIBRATION, calibration_errors(), strict=True):
+        assert row["dtype"] == DEVICES[point.request.device].dtype in ("float32", "bfloat16")
+        assert row["source"].endswith(f"({row['dtype']})")
+        if point.request.device.startswith("cpu"):
+            assert point.evidence, point.source  # a measured point says where its numbers come from
+
+
+def test_plain_cpu_is_the_dtype_this_cpu_trains_in() -> None:
+    assert DEVICES["cpu"].dtype == ("bfloat16" if cpu_has_native_bf16() else "float32")
+    assert estimate(PlanRequest("smollm2-135m", device="cpu")).device.endswith(
+        "bf16)" if cpu_has_native_bf16() else "fp32)"
+    )
+
+
+def test_the_bf16_cpu_point_is_the_train_speed_benchmarks_niche_run() -> None:
+    results = json.loads((REPO / TRAIN_SPEED_RESULTS).read_text())
+    run = results["runs"]["niche"]
+    assert results["machine"]["native_bf16"]  # the engine trained in bf16 there
+    (point,) = [point for point in CALIBRATION if TRAIN_SPEED_RESULTS in point.evidence]
+    assert point.dtype == "bfloat16"
+    assert point.request.batch_size == results["batch_size"]
+    assert point.request.seq_len == round(results["tokens_per_example"])
+    assert point.measured_peak_gib == pytest.approx(run["peak_rss_mib"] / 1024, rel=1e-3)
+    assert point.measured_tokens_per_s == pytest.approx(run["tokens_per_s"], rel=1e-3)

@@ -130,6 +130,8 @@ def data_check(
     console.print(f"duplicate inputs: {report.duplicate_inputs}; empty responses: {report.empty_responses}")
     for note in report.notes:
         console.print(f"[yellow]note[/]: {note}")
+    for warning in report.warnings:
+        console.print(f"[yellow]warning[/]: {warning}")
     for problem in report.problems:
         console.print(f"[red]problem[/]: {problem}")
     if report.problems:
@@ -405,6 +407,7 @@ def plan(
     )
     for name in ("weights", "trainable_state", "activations", "overhead"):
         table.add_row(name.replace("_", " "), f"{getattr(result, f'{name}_gib'):.2f} GiB")
+    table.add_row("rows per pass", f"{result.micro_batch_size} of {result.request.batch_size} (activations above)")
     verdict = "fits" if result.fits else f"does NOT fit in {DEVICES[device].memory_gib:.0f} GiB"
     table.add_row("peak memory", f"[bold]{result.peak_gib:.2f} GiB[/] ({verdict})")
     table.add_row("step time", f"{result.step_seconds:.2f} s ({result.tokens_per_s:,.0f} tokens/s)")
@@ -435,6 +438,9 @@ def serve(
         float, typer.Option(help="When idle, how long a request waits for companions before its batch starts.")
     ] = 2.0,
     timeout: Annotated[float, typer.Option(help="Seconds a request may run before it is stopped (504).")] = 120.0,
+    max_queue: Annotated[
+        int, typer.Option(min=1, help="Waiting requests past which a new request gets 429 with Retry-After.")
+    ] = 256,
     engine: Annotated[
         str,
         typer.Option(
@@ -469,10 +475,9 @@ def serve(
             "(niche.json template.system_prompt) with the request to match training."
         )
         return
-    import uvicorn
-
     from niche.serve import create_engine
     from niche.serve.app import ServeSettings, create_app
+    from niche.serve.http import serve_http
 
     # Request logs are JSON lines for log shippers, not rich-formatted text.
     request_log = logging.getLogger("niche.serve")
@@ -486,6 +491,7 @@ def serve(
         max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms,
         timeout_s=timeout,
+        max_queue=max_queue,
     )
     if registry_poll > 0:
         from niche.serve.registry import ChampionPoller
@@ -496,7 +502,7 @@ def serve(
     router = serving_engine.router(route_threshold) if routing else None
     app = create_app(serving_engine, ServeSettings(frozenset(keys), max_body_bytes), router)
     console.print(f"serving {', '.join(serving_engine.model_names())} on http://{host}:{port}/v1")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    serve_http(app, host, port)
 
 
 @rag_app.command("index")

@@ -116,6 +116,13 @@ class TrainingSettings(_Strict):
     )
     batch_size: int | None = Field(None, ge=1, description="Rows per optimizer step; chosen from the data when absent.")
     gradient_accumulation: int = Field(1, ge=1)
+    micro_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Rows per forward/backward pass (must divide batch_size): the same optimizer step in smaller "
+        "passes, for less memory. When absent: on CPU the largest divisor of batch_size whose activations fit in "
+        "about 2 GiB, on a GPU the whole batch.",
+    )
     max_seq_length: int = Field(512, ge=16)
     seed: int = 42
     eval_every: int | None = Field(

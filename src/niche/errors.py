@@ -30,3 +30,17 @@ class ConfigError(NicheError):
 
 class ModelError(NicheError):
     """A base model or specialist cannot be found or loaded."""
+
+
+LLAMA_CPP_INSTALL = (
+    "run `make llama-cpp` in the niche checkout (or `pip install llama-cpp-python` in this environment): it compiles "
+    "llama.cpp, which needs a C/C++ compiler and takes 8-11 minutes on 2 cores the first time"
+)
+
+
+def require_llama_cpp(purpose: str) -> None:
+    """Fail before any work starts when llama-cpp-python, which `purpose` needs, is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise ModelError(f"{purpose} needs llama-cpp-python, which is not installed: {LLAMA_CPP_INSTALL}")

@@ -5,7 +5,7 @@ checked against the trained model before it is called done.
   chat template; loads with AutoModelForCausalLM.
 - gguf: the merged model at the chosen quantization (f16, q8_0, q4_k_m), plus the adapter alone as a GGUF LoRA
   and the F16 base it applies to; chat template and stop tokens embedded. Conversion uses llama.cpp's own
-  converters, from the llama-cpp-python source that `make install` builds (they need the `gguf` package
+  converters, from the llama-cpp-python source that `make llama-cpp` builds (they need the `gguf` package
   vendored beside them, so they run in a subprocess); quantization runs in process through llama.cpp.
 - ollama: the GGUF export plus a Modelfile (FROM, ADAPTER for the base + LoRA variant, TEMPLATE translated
   from the stored chat template, SYSTEM, one PARAMETER stop per end-of-turn token).
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from niche.data.template import TemplateEncoder
-from niche.errors import ConfigError, ModelError, NicheError
+from niche.errors import ConfigError, ModelError, NicheError, require_llama_cpp
 from niche.io import atomic_directory, write_json_atomic, write_text_atomic
 from niche.specialist import SpecialistManifest, read_manifest, resolve_specialist_base
 
@@ -79,14 +79,14 @@ class ExportResult:
 
 def llama_cpp_source() -> Path:
     """llama.cpp's Python converters (convert_hf_to_gguf.py, convert_lora_to_gguf.py, conversion/, gguf-py/),
-    unpacked from the llama-cpp-python source distribution by `make install`."""
+    unpacked from the llama-cpp-python source distribution by `make llama-cpp`."""
     candidates = [Path(os.environ[LLAMA_CPP_ENV])] if os.environ.get(LLAMA_CPP_ENV) else []
     candidates.append(Path(sys.prefix) / "share" / "niche" / "llama.cpp")
     for candidate in candidates:
         if (candidate / "convert_hf_to_gguf.py").is_file() and (candidate / "gguf-py").is_dir():
             return candidate
     raise ConfigError(
-        "GGUF export needs llama.cpp's converters: run `make install` (it unpacks them from the llama-cpp-python "
+        "GGUF export needs llama.cpp's converters: run `make llama-cpp` (it unpacks them from the llama-cpp-python "
         f"source into {candidates[-1]}), or point {LLAMA_CPP_ENV} at a llama.cpp checkout"
     )
 
@@ -365,6 +365,9 @@ def export_specialist(
         return _export_head_merged(specialist_dir, manifest, Path(out_dir), data, parity_rows)
     if target == "vllm":
         return _export_vllm(specialist_dir, manifest, Path(out_dir))
+    if target in ("gguf", "ollama"):
+        require_llama_cpp(f"--to {target}")
+        llama_cpp_source()
     inputs = parity_inputs(specialist_dir, manifest, data, parity_rows, max_new_tokens)
     tokenizer = load_tokenizer(resolve_specialist_base(manifest))
     result = ExportResult(target, Path(out_dir), {})

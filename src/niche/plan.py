@@ -6,13 +6,17 @@ attention-score term 5·heads·seq when attention is not fused. Time = training 
 
 The constants are calibrated on two kinds of evidence, and `CALIBRATION` keeps both so the error can be shown:
 published 7B reference points (full 78.5 GB, LoRA 28 GB, QLoRA 15.5 GB) and runs measured on this
-project's 2-core CPU machines with SmolLM2-135M.
+project's 2-core CPU machines with SmolLM2-135M. Every point names the dtype it was trained in: the CPU trains
+in bf16 where it computes bf16 natively (`niche.hardware`) and in fp32 elsewhere, and the two differ in speed
+and memory, so `cpu` is the device this machine's CPU trains as (`cpu-bf16` or `cpu-fp32`).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Literal
+
+from niche.hardware import cpu_has_native_bf16
 
 Method = Literal["full", "lora", "qlora"]
 GIB = 2**30
@@ -59,24 +63,42 @@ SHAPES: dict[str, Shape] = {
 }
 
 
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+
+
 @dataclass(frozen=True)
 class Device:
     name: str
     memory_gib: float
-    dtype_bytes: int
+    dtype: Literal["float32", "bfloat16"]
     effective_tflops: float
     overhead_gib: float
+    activation_factor: float = 1.0  # measured peak over the activation formula (CPU allocators keep buffers)
+
+    @property
+    def dtype_bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.name.startswith("cpu")
 
 
-# Effective FLOP/s: GPUs at ~40% of their dense bf16 peak (typical MFU for small-batch fine-tuning);
-# the CPU figure is measured here (LoRA step on SmolLM2-135M, 2 cores, fp32).
+# Effective FLOP/s: GPUs at ~40% of their dense bf16 peak (typical MFU for small-batch fine-tuning). The CPU
+# figures are fitted to the CPU calibration points of their dtype (LoRA steps on SmolLM2-135M, 2 cores): fp32
+# to the two fp32 points, bf16 (speed and activation factor) to the one bf16 point, so that point checks nothing.
+CPU_DEVICES: dict[str, Device] = {
+    "cpu-fp32": Device("cpu (2 cores, fp32)", 24.0, "float32", 0.075, 0.9, activation_factor=2.6),
+    "cpu-bf16": Device("cpu (2 cores, bf16)", 24.0, "bfloat16", 0.157, 0.9, activation_factor=3.58),
+}
 DEVICES: dict[str, Device] = {
-    "cpu": Device("cpu (2 cores, fp32)", 24.0, 4, 0.075, 0.9),
-    "rtx4090": Device("RTX 4090 24 GB", 24.0, 2, 0.4 * 165, 1.0),
-    "a100-40gb": Device("A100 40 GB", 40.0, 2, 0.4 * 312, 1.0),
-    "a100-80gb": Device("A100 80 GB", 80.0, 2, 0.4 * 312, 1.0),
-    "h100": Device("H100 80 GB", 80.0, 2, 0.4 * 989, 1.0),
-    "h200": Device("H200 141 GB", 141.0, 2, 0.4 * 989, 1.0),
+    "cpu": CPU_DEVICES["cpu-bf16" if cpu_has_native_bf16() else "cpu-fp32"],
+    **CPU_DEVICES,
+    "rtx4090": Device("RTX 4090 24 GB", 24.0, "bfloat16", 0.4 * 165, 1.0),
+    "a100-40gb": Device("A100 40 GB", 40.0, "bfloat16", 0.4 * 312, 1.0),
+    "a100-80gb": Device("A100 80 GB", 80.0, "bfloat16", 0.4 * 312, 1.0),
+    "h100": Device("H100 80 GB", 80.0, "bfloat16", 0.4 * 989, 1.0),
+    "h200": Device("H200 141 GB", 141.0, "bfloat16", 0.4 * 989, 1.0),
 }
 
 
@@ -89,6 +111,8 @@ class PlanRequest:
     device: str = "cpu"
     lora_rank: int = 16
     fused_attention: bool = True
+    # Rows per forward/backward pass; None: what `niche train` picks (on CPU, niche.train.memory's rule).
+    micro_batch_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +123,7 @@ class Plan:
     weights_gib: float
     trainable_state_gib: float
     activations_gib: float
+    micro_batch_size: int
     overhead_gib: float
     peak_gib: float
     fits: bool
@@ -110,12 +135,11 @@ class Plan:
         return asdict(self)
 
 
-# CPU allocators hold freed activation buffers and temporaries; measured peak RSS / the 16-bit formula.
-CPU_ACTIVATION_FACTOR = 2.6
-
-
 def estimate(request: PlanRequest, shape: Shape | None = None) -> Plan:
     """Peak memory and step time for one training configuration."""
+    # Importing niche.train loads the Trainer; `niche plan` needs only this rule, so only when estimating.
+    from niche.train.memory import choose_micro_batch
+
     shape = shape or SHAPES[request.model]
     device = DEVICES[request.device]
     parameters = shape.parameters()
@@ -127,9 +151,13 @@ def estimate(request: PlanRequest, shape: Shape | None = None) -> Plan:
     trainable_state = trainable * (device.dtype_bytes + 8)
     tokens = request.seq_len * request.batch_size
     per_token_layer = 34 * shape.hidden + (0 if request.fused_attention else 5 * shape.heads * request.seq_len)
-    activations = shape.layers * tokens * per_token_layer * device.dtype_bytes / 2
-    if request.device == "cpu":
-        activations *= CPU_ACTIVATION_FACTOR
+    row_activations = (
+        shape.layers * request.seq_len * per_token_layer * device.dtype_bytes / 2 * device.activation_factor
+    )
+    micro_batch = choose_micro_batch(
+        request.batch_size, request.micro_batch_size, row_activations, "cpu" if device.is_cpu else "cuda"
+    )
+    activations = micro_batch.rows * row_activations
     peak = (weights + trainable_state + activations) / GIB + device.overhead_gib
     # Forward 2 FLOPs per weight per token; backward 2 more for input gradients, 2 more where weights train.
     flops_per_token = (
@@ -143,6 +171,7 @@ def estimate(request: PlanRequest, shape: Shape | None = None) -> Plan:
         weights_gib=weights / GIB,
         trainable_state_gib=trainable_state / GIB,
         activations_gib=activations / GIB,
+        micro_batch_size=micro_batch.rows,
         overhead_gib=device.overhead_gib,
         peak_gib=peak,
         fits=peak <= device.memory_gib,
@@ -158,26 +187,59 @@ class CalibrationPoint:
     request: PlanRequest
     measured_peak_gib: float
     measured_tokens_per_s: float | None = None
+    evidence: str = ""  # where the measured numbers come from: a results file and the script writing it, or a date
+
+    @property
+    def dtype(self) -> str:
+        return DEVICES[self.request.device].dtype
+
+    @property
+    def label(self) -> str:
+        return f"{self.source} ({self.dtype})"
 
 
+# `niche train` as bench/train_speed.py runs it (CLINC150 banking, 16 rows of 96.6 tokens a step, 12 steps):
+# runs.niche in bench/results/train_speed.json; tests/test_plan.py keeps the two equal.
+TRAIN_SPEED_RESULTS = "bench/results/train_speed.json"
 CALIBRATION: list[CalibrationPoint] = [
     # Published 7B points (GB taken as 10^9 bytes), for 16-bit training of 2048 tokens a step.
     CalibrationPoint("published 7B full", PlanRequest("7b", "full", 2048, 1, "a100-80gb"), 78.5e9 / GIB),
     CalibrationPoint("published 7B LoRA", PlanRequest("7b", "lora", 2048, 1, "a100-80gb"), 28e9 / GIB),
     CalibrationPoint("published 7B QLoRA", PlanRequest("7b", "qlora", 2048, 1, "a100-80gb"), 15.5e9 / GIB),
-    # Measured here: `niche train` peak RSS and tokens/s, SmolLM2-135M LoRA r=16 all-linear, 2 CPU cores.
-    CalibrationPoint("measured cloudsec demo", PlanRequest("smollm2-135m", "lora", 101, 8, "cpu"), 4.3, 145.0),
-    CalibrationPoint("measured CLINC150 bench", PlanRequest("smollm2-135m", "lora", 98, 16, "cpu"), 5.55, 181.0),
+    # `niche train` peak RSS and tokens/s, SmolLM2-135M LoRA r=16 all-linear, 2 CPU cores.
+    CalibrationPoint(
+        "measured CLINC150 banking, bench/train_speed.py",
+        PlanRequest("smollm2-135m", "lora", 97, 16, "cpu-bf16"),  # micro-batches of 8 rows, as niche chose
+        2781.04 / 1024,
+        364.5,
+        evidence=f"{TRAIN_SPEED_RESULTS} runs.niche (written 2026-12-02 by the W3.2 version of the script)",
+    ),
+    CalibrationPoint(
+        "measured cloudsec demo",
+        PlanRequest("smollm2-135m", "lora", 101, 8, "cpu-fp32", micro_batch_size=8),  # before micro-batches
+        4.3,
+        145.0,
+        evidence="one-off fp32 run before commit d69f6e9 (2026-11-23); no script reproduces it",
+    ),
+    CalibrationPoint(
+        "measured CLINC150 bench",
+        PlanRequest("smollm2-135m", "lora", 98, 16, "cpu-fp32", micro_batch_size=16),  # before micro-batches
+        5.55,
+        181.0,
+        evidence="one-off fp32 run before commit d69f6e9 (2026-11-23); no script reproduces it",
+    ),
 ]
 
 
 def calibration_errors() -> list[dict]:
-    """Relative error of the estimate at every calibration point."""
+    """Relative error of the estimate at every calibration point, each labelled with the dtype it ran in."""
     rows = []
     for point in CALIBRATION:
         plan = estimate(point.request)
         row = {
-            "source": point.source,
+            "source": point.label,
+            "dtype": point.dtype,
+            "evidence": point.evidence,
             "estimated_gib": plan.peak_gib,
             "measured_gib": point.measured_peak_gib,
             "memory_error": plan.peak_gib / point.measured_peak_gib - 1,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from niche.data.formats import read_examples
-from niche.data.tasks import detect_task_kind, label_of
+from niche.data.tasks import detect_task_kind, label_of, single_label_problem
 from niche.data.template import TemplateEncoder, build_template
 
 
@@ -46,6 +46,7 @@ class DataReport:
     empty_responses: int = 0
     duplicate_inputs: int = 0
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what `niche train` would refuse, though the rows are readable
 
     @property
     def ok(self) -> bool:
@@ -74,6 +75,8 @@ def check_data(
         return report
     if report.task_kind == "label":
         report.label_counts = dict(Counter(label_of(example) for example in examples).most_common())
+        if problem := single_label_problem(examples):
+            report.warnings.append(f"{path}: {problem}; `niche train` refuses this file")
         rare = [label for label, count in report.label_counts.items() if count < 5]
         if rare:
             report.notes.append(f"labels with fewer than 5 examples: {', '.join(rare)}")

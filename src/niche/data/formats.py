@@ -44,13 +44,18 @@ class ReadResult:
 RowParser = Callable[[dict[str, Any]], Example]
 
 
-def _text_field(row: dict[str, Any], name: str, *, required: bool = True) -> str:
+def _text_field(row: dict[str, Any], name: str, *, required: bool = True, answer: bool = False) -> str:
+    """A field's text. Only an answer may be a JSON object or array (a JSON task's answer, stored as its JSON);
+    anywhere else one is a mistake in the file, never text to train on."""
     value = row.get(name)
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
             raise ValueError(f"missing or empty field {name!r}")
         return ""
     if isinstance(value, (dict, list)):
+        if not answer:
+            kind = "object" if isinstance(value, dict) else "array"
+            raise ValueError(f"field {name!r} is a JSON {kind}; expected text (a string)")
         return json.dumps(value, ensure_ascii=False)
     return str(value)
 
@@ -72,7 +77,7 @@ def parse_label_row(row: dict[str, Any]) -> Example:
 def parse_prompt_completion_row(row: dict[str, Any]) -> Example:
     return Example(
         messages=({"role": "user", "content": _text_field(row, "prompt")},),
-        response=_text_field(row, "completion"),
+        response=_text_field(row, "completion", answer=True),
         context=_optional_context(row),
     )
 
@@ -83,7 +88,7 @@ def parse_alpaca_row(row: dict[str, Any]) -> Example:
     prompt = f"{instruction}\n\n{extra_input}" if extra_input else instruction
     return Example(
         messages=({"role": "user", "content": prompt},),
-        response=_text_field(row, "output"),
+        response=_text_field(row, "output", answer=True),
         context=_optional_context(row),
     )
 
@@ -213,6 +218,8 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
 def read_examples(path: Path | str, format: str = "auto", fields: dict[str, str] | None = None) -> ReadResult:
     """Read every row of a JSONL or CSV file; bad rows become Problems instead of exceptions."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(path, "is a directory; expected a data file (.jsonl or .csv), e.g. train.jsonl inside it")
     if not path.is_file():
         raise DataError(path, "file not found")
     suffix = path.suffix.lower()

@@ -18,7 +18,7 @@ from niche.data.examples import Example
 from niche.data.formats import load_examples
 from niche.data.sampling import hold_out, stratified_sample
 from niche.data.schema import check_answers_match, infer_schema, read_schema
-from niche.data.tasks import check_labels_known, detect_task_kind, label_of, label_set
+from niche.data.tasks import check_labels_known, detect_task_kind, label_of, label_set, single_label_problem
 from niche.errors import ConfigError, DataError
 from niche.io import sha256_of_file
 from niche.specialist import DataFingerprint
@@ -47,6 +47,8 @@ def prepare_data(config: NicheConfig) -> PreparedData:
     cap, seed = config.data.validation_max_rows, config.training.seed
     train_examples = train_read.examples
     labels = label_set(train_read.examples) if task_kind == "label" else None
+    if task_kind == "label" and (problem := single_label_problem(train_read.examples)):
+        raise DataError(config.data.train, problem)
     if config.data.validation is not None:
         validation = load_examples(config.data.validation, train_read.format, config.data.fields).examples
         fingerprints["validation"] = fingerprint_of(config.data.validation, len(validation))

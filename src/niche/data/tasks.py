@@ -27,6 +27,17 @@ def label_set(examples: Sequence[Example]) -> list[str]:
     return sorted({label_of(example) for example in examples})
 
 
+def single_label_problem(examples: Sequence[Example]) -> str | None:
+    """Why a label file with one class cannot train a classifier, or None when it has at least two."""
+    labels = label_set(examples)
+    if len(labels) != 1:
+        return None
+    return (
+        f"every one of the {len(examples)} rows has the label {labels[0]!r}: a label task needs at least two "
+        "classes (add rows of the other labels, or use prompt/completion rows for a generation task)"
+    )
+
+
 def check_labels_known(examples: Sequence[Example], labels: Sequence[str]) -> None:
     """Fail on the first example whose label the specialist was never trained on."""
     known = set(labels)

@@ -14,8 +14,9 @@ IN_PROCESS_ENGINES = ("torch", "llamacpp")
 
 
 def create_engine(name: str, specialists: Path, **options: Any) -> Any:
-    """An in-process engine by name. Options every engine takes: max_loaded, timeout_s; the torch engine also
-    max_batch_size and max_wait_ms (ignored by llamacpp, which runs one request at a time)."""
+    """An in-process engine by name. Options every engine takes: max_loaded, timeout_s, max_queue (waiting
+    requests past which a request gets 429); the torch engine also max_batch_size and max_wait_ms (ignored by
+    llamacpp, which runs one request at a time)."""
     from niche.errors import ConfigError
 
     if name == "torch":

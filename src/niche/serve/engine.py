@@ -57,6 +57,13 @@ class ServerBusy(NicheError):
     """Every adapter slot is serving requests, so another specialist cannot be loaded now."""
 
 
+class QueueFull(NicheError):
+    """More requests are waiting than the server's bound (`max_queue`): the client should retry later (429)."""
+
+
+DEFAULT_MAX_QUEUE = 256  # waiting requests; past it a request is refused at once rather than left to time out
+
+
 @dataclass
 class SamplingParams:
     max_tokens: int = 256
@@ -99,6 +106,12 @@ class Generation:
     finished: bool = False
     revision: str = ""  # which version of the specialist answered (registry version or training time)
 
+    def cancel(self) -> None:
+        """Stop the request (its client went away): the engine drops its row at the next step, and a thread
+        waiting on its events wakes now instead of at the deadline."""
+        self.cancelled.set()
+        self.events.put(_CANCELLED)
+
     def stream(self) -> Iterator[str | Completion]:
         """Text deltas as they are decoded, then the finished Completion; closing it cancels the request."""
         try:
@@ -108,6 +121,8 @@ class Generation:
                     item = self.events.get(timeout=max(self.deadline - time.monotonic(), 0) + 30)
                 except queue.Empty:
                     raise RequestTimeout(f"request to {self.name!r} timed out") from None
+                if item is _CANCELLED:
+                    return
                 if isinstance(item, BaseException):
                     raise item
                 yield item
@@ -120,6 +135,8 @@ class Generation:
         *_, completion = self.stream()
         return completion
 
+
+_CANCELLED = object()  # the event `Generation.cancel` posts to end its stream
 
 MIN_CACHED_PREFIX = 16  # tokens; shorter shared prefixes are not worth a cache entry
 
@@ -149,7 +166,13 @@ class EngineCore:
     """What every engine shares: the served specialists and their stored templates, request intake and limits,
     constrained sampling, stop strings and streaming; a subclass runs the model (`_acquire`, `_retire`)."""
 
-    def __init__(self, specialists_dir: Path, max_loaded: int = 8, timeout_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        specialists_dir: Path,
+        max_loaded: int = 8,
+        timeout_s: float = 120.0,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+    ) -> None:
         self.specialists = discover_specialists(specialists_dir)
         if not self.specialists:
             raise ModelError(f"{specialists_dir}: no specialists (subdirectories with {MANIFEST_NAME}) to serve")
@@ -170,6 +193,8 @@ class EngineCore:
         self.context_length: int | None = None
         self.max_loaded = max(1, max_loaded)
         self.timeout_s = timeout_s
+        self.max_queue = max(1, max_queue)
+        self._intake = threading.Lock()  # the queue bound's check and the put are one step
         self.label_tries: dict[str, AnswerTrie] = {}
         self.grammars: dict[str, str] = {}
         self._json_grammar: JsonGrammar | None = None
@@ -242,6 +267,10 @@ class EngineCore:
         """Requests in the running batch."""
         return sum(not row.finished for row in self.rows)
 
+    def queued(self) -> int:
+        """Requests submitted and not yet started (cancelled ones count until the scheduler drops them)."""
+        return self.incoming.qsize() + len(self.waiting)
+
     # ---- requests -------------------------------------------------------------------------------------------
 
     # Whether this engine answers label-head specialists (one forward pass, no decoding).
@@ -299,7 +328,12 @@ class EngineCore:
             deadline=time.monotonic() + self.timeout_s,
             generator=torch.Generator().manual_seed(params.seed) if params.seed is not None else None,
         )
-        self.incoming.put(generation)
+        with self._intake:
+            if self.queued() >= self.max_queue:
+                raise QueueFull(
+                    f"{self.queued()} requests are already waiting (max_queue={self.max_queue}); retry later"
+                )
+            self.incoming.put(generation)
         return generation
 
     def stream(self, name: str, messages: list[dict[str, str]], params: SamplingParams) -> Iterator[str | Completion]:
@@ -466,8 +500,9 @@ class TorchEngine(EngineCore):
         max_wait_ms: float = 2.0,
         timeout_s: float = 120.0,
         stacked_lora: bool = True,
+        max_queue: int = DEFAULT_MAX_QUEUE,
     ) -> None:
-        super().__init__(specialists_dir, max_loaded, timeout_s)
+        super().__init__(specialists_dir, max_loaded, timeout_s, max_queue)
         hardware = detect_hardware()
         # Every forward pass runs in the scheduler thread, on this many threads; the calling thread loads the model
         # on one, so that it creates no OpenMP team of its own to slow the scheduler's (`one_thread`).

@@ -3,10 +3,14 @@
 On a CPU, llama.cpp decodes several times faster than transformers at batch 1. The base is the F16 GGUF of
 the specialists' base (converted once and cached); each specialist's adapter is converted to a GGUF LoRA on
 first use (cached by the adapter's content hash). Requests run one at a time on one llama.cpp context: the
-request's adapter is set (or cleared, for the base), the KV cache is emptied, the prompt is evaluated, and
-tokens are sampled by niche (so label and JSON-schema constraints, stop strings and streaming behave as on the
-torch engine). Nothing is reused across requests: no KV or prompt cache can carry one adapter's state into
-another's answer (llama.cpp's own server once had exactly that bug).
+request's adapter is set (or cleared, for the base), the prompt is evaluated, and tokens are sampled by niche
+(so label and JSON-schema constraints, stop strings and streaming behave as on the torch engine).
+
+The KV cache is kept between requests on the same adapter: a prompt that shares a token prefix with what the
+context last evaluated (typically the specialist's system prompt) only evaluates the rest. Keys and values at a
+position depend only on the tokens before it and on the adapter, so this gives the answer a fresh context
+gives. A request on any other adapter (a reloaded specialist has a new adapter name) starts from an empty
+cache: one adapter's state never reaches another's answer (llama.cpp's own server once had exactly that bug).
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from niche.errors import ModelError
-from niche.serve.engine import BASE_ADAPTER, EngineCore, Generation
+from niche.errors import ModelError, require_llama_cpp
+from niche.serve.engine import BASE_ADAPTER, DEFAULT_MAX_QUEUE, EngineCore, Generation
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +49,14 @@ class LlamaCppEngine(EngineCore):
         timeout_s: float = 120.0,
         context_length: int = 2048,
         threads: int | None = None,
+        max_queue: int = DEFAULT_MAX_QUEUE,
     ) -> None:
-        try:
-            from llama_cpp import Llama
-        except ImportError as error:
-            raise ModelError("--engine llamacpp needs llama-cpp-python: run `make install`") from error
+        require_llama_cpp("--engine llamacpp")
+        from llama_cpp import Llama
+
         from niche.export import shared_base_gguf
 
-        super().__init__(specialists_dir, max_loaded, timeout_s)
+        super().__init__(specialists_dir, max_loaded, timeout_s, max_queue)
         self.base_gguf = shared_base_gguf(self.base)
         self.llm = Llama(
             model_path=str(self.base_gguf),
@@ -64,6 +68,7 @@ class LlamaCppEngine(EngineCore):
         self.vocab_size = self.llm.n_vocab()
         self.lora_handles: dict[str, Any] = {}  # adapter name -> llama_adapter_lora pointer
         self._applied: str | None = None
+        self._cached_adapter: str | None = None  # the adapter the context's KV cache was computed with
         self._scheduler = threading.Thread(target=self._serve_requests, name="niche-llamacpp", daemon=True)
         self._scheduler.start()
 
@@ -127,6 +132,7 @@ class LlamaCppEngine(EngineCore):
             except Exception as error:  # noqa: BLE001 - one failed request never stops the engine
                 log.exception("llama.cpp request failed")
                 generation.events.put(error)
+                self._cached_adapter = None  # a failed evaluation may have left the cache half-written
             finally:
                 with self.lock:
                     self.rows = []
@@ -142,8 +148,7 @@ class LlamaCppEngine(EngineCore):
             self.rows = [generation]
             self._apply(adapter)
             started = time.perf_counter()
-            self.llm.reset()  # the KV cache starts empty for every request
-            self.llm.eval(generation.prompt)
+            self.llm.eval(generation.prompt[self._reuse_prefix(adapter, generation.prompt) :])
             self._timed("prefill", started)
         while not generation.finished:
             with self.lock:
@@ -153,6 +158,34 @@ class LlamaCppEngine(EngineCore):
                 started = time.perf_counter()
                 self.llm.eval([generation.generated[-1]])
                 self._timed("decode", started)
+
+    def _reuse_prefix(self, adapter: str, prompt: list[int]) -> int:
+        """Keep the KV cache of the prompt's longest prefix that the context already evaluated on the same
+        adapter and drop the rest; returns how many prompt tokens are cached. Another adapter starts empty."""
+        shared = 0
+        if self._cached_adapter == adapter:
+            evaluated = self.llm.input_ids[: self.llm.n_tokens]
+            # At most all but the last token: its logits must be computed afresh to sample the first answer token.
+            for mine, theirs in zip(prompt[:-1], evaluated):
+                if mine != theirs:
+                    break
+                shared += 1
+        # llama.cpp may refuse a partial removal (recurrent models): then evaluate the whole prompt.
+        if shared and not self.llm._ctx.kv_cache_seq_rm(-1, shared, -1):
+            shared = 0
+        if shared:
+            self.prefix_hits += 1
+            self.llm.n_tokens = shared
+        else:
+            self.llm.reset()
+        self._cached_adapter = adapter
+        return shared
+
+    def forget_prefix(self) -> None:
+        """Empty the KV cache: the next request evaluates its whole prompt."""
+        with self.lock:
+            self.llm.reset()
+            self._cached_adapter = None
 
     def _timed(self, phase: str, started: float) -> None:
         self.forward_seconds[phase] += time.perf_counter() - started

@@ -49,6 +49,7 @@ from niche.train.classify import (
     build_head_model,
     encode_for_head,
 )
+from niche.train.memory import MicroBatch, activation_bytes_per_row, choose_micro_batch
 from niche.train.recipe import DataProfile, Recipe, apply_recipe, choose_recipe, default_objective
 
 log = logging.getLogger(__name__)
@@ -128,9 +129,12 @@ def lora_config(config: NicheConfig, layers: int | None = None, model: Any = Non
 PROVISIONAL_EVAL_EVERY = 50
 
 
-def training_arguments(config: NicheConfig, hardware: Hardware, checkpoint_dir: Path, classify: bool = False) -> Any:
+def training_arguments(
+    config: NicheConfig, hardware: Hardware, checkpoint_dir: Path, micro_batch: MicroBatch, classify: bool = False
+) -> Any:
     """The Trainer's arguments; a label head keeps the checkpoint with the best validation accuracy, a generative
-    specialist the one with the lowest validation loss."""
+    specialist the one with the lowest validation loss. Each optimizer step takes batch_size rows in passes of
+    micro_batch.rows."""
     import torch
     from transformers import TrainingArguments
 
@@ -143,9 +147,9 @@ def training_arguments(config: NicheConfig, hardware: Hardware, checkpoint_dir: 
         warmup_steps=settings.warmup_ratio,
         num_train_epochs=settings.epochs,
         max_steps=settings.max_steps,
-        per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.gradient_accumulation,
+        per_device_train_batch_size=micro_batch.rows,
+        per_device_eval_batch_size=micro_batch.rows,
+        gradient_accumulation_steps=settings.gradient_accumulation * micro_batch.accumulation,
         weight_decay=settings.weight_decay,
         max_grad_norm=settings.max_grad_norm,
         seed=settings.seed,
@@ -215,13 +219,15 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
         )
     if rejects:
         log.warning("%d row(s) longer than max_seq_length were left out; see rejects.jsonl", len(rejects))
-    recipe = choose_recipe(config, profile_of(data, train_encoded), objective, base_layers(base))
+    model_config = base_config(base)
+    recipe = choose_recipe(config, profile_of(data, train_encoded), objective, model_config.num_hidden_layers)
     config = apply_recipe(config, recipe)
     checkpoint_dir = checkpoint_dir_for(config)
     if resume and not any(checkpoint_dir.glob("checkpoint-*")):
         raise ConfigError(f"--resume: no checkpoint to resume from in {checkpoint_dir}")
 
     longest_row = max(len(item.input_ids) for item in train_encoded + validation_encoded)
+    micro_batch = micro_batch_for(config, hardware, model_config, longest_row, recipe.head_layer)
     plan = plan_for(config, clock, train_encoded, validation_encoded)
     # Only the main process of a multi-process run talks to MLflow.
     tracking_on = config.tracking.enabled and PartialState().is_main_process
@@ -235,7 +241,7 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
         else:
             model = build_lora_model(config, base, hardware, longest_row)
         trainer = build_trainer(
-            config, hardware, model, tokenizer, train_encoded, validation_encoded, show_progress, plan
+            config, hardware, model, tokenizer, train_encoded, validation_encoded, show_progress, plan, micro_batch
         )
         if tracker.active:
             from niche.train.engine import TrackerCallback
@@ -258,7 +264,7 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
             "validation_source": data.validation_source,
             "longest_answer_tokens": max(item.supervised_tokens for item in train_encoded),
             "replay_examples": replayed,
-            "plan": plan.summary(),
+            "plan": plan.summary() | micro_batch.summary(),
         }
         probe = next(
             (callback for callback in trainer.callback_handler.callbacks if hasattr(callback, "stopped_at")), None
@@ -297,10 +303,23 @@ def best_validation(trainer: Any, classify: bool) -> dict[str, float]:
     return {key: scores[key] for key in keys}
 
 
-def base_layers(base: ResolvedBase) -> int:
+def base_config(base: ResolvedBase) -> Any:
     from transformers import AutoConfig
 
-    return int(AutoConfig.from_pretrained(base.directory).num_hidden_layers)
+    return AutoConfig.from_pretrained(base.directory)
+
+
+def micro_batch_for(
+    config: NicheConfig, hardware: Hardware, model_config: Any, longest_row: int, head_layer: int | None
+) -> MicroBatch:
+    """Rows per forward/backward pass, from the activations the longest rows need through the layers trained."""
+    settings = config.training
+    assert settings.batch_size is not None
+    eager = training_attention(hardware, longest_row) == "eager"
+    layers = head_layer or model_config.num_hidden_layers
+    dtype_bytes = hardware.dtype.itemsize
+    row_bytes = activation_bytes_per_row(model_config, longest_row, dtype_bytes, layers, eager)
+    return choose_micro_batch(settings.batch_size, settings.micro_batch_size, row_bytes, hardware.device)
 
 
 def choose_objective(config: NicheConfig, task_kind: str) -> str:
@@ -416,6 +435,7 @@ def build_trainer(
     validation_encoded: list[EncodedExample],
     show_progress: bool,
     plan: TrainingPlan,
+    micro_batch: MicroBatch,
 ) -> Any:
     from transformers import EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback
@@ -437,7 +457,7 @@ def build_trainer(
         trainer_class, options = DistillTrainer, {"teacher": teacher, "settings": config.distill}
     trainer = trainer_class(
         model=model,
-        args=training_arguments(config, hardware, checkpoint_dir_for(config), classify),
+        args=training_arguments(config, hardware, checkpoint_dir_for(config), micro_batch, classify),
         train_dataset=as_features(train_encoded),
         eval_dataset=as_features(validation_encoded),
         data_collator=collator,
