@@ -165,7 +165,9 @@ class PeakMemory:
 
         self.processes = {name: psutil.Process(process.pid) for name, process in processes.items()}
         self.peak_mib = dict.fromkeys(processes, 0.0)
+        self.series: dict[str, list[tuple[float, float]]] = {name: [] for name in processes}  # (seconds, MiB)
         self.interval_s = interval_s
+        self._started = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -184,9 +186,12 @@ class PeakMemory:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             for name in self.processes:
-                self.peak_mib[name] = max(self.peak_mib[name], self.current_mib(name))
+                mib = self.current_mib(name)
+                self.peak_mib[name] = max(self.peak_mib[name], mib)
+                self.series[name].append((time.monotonic() - self._started, mib))
 
     def __enter__(self) -> PeakMemory:
+        self._started = time.monotonic()
         self._thread.start()
         return self
 

@@ -1,6 +1,7 @@
 """niche serve as a client sees it: a real uvicorn server on loopback, the official openai client."""
 
 import json
+import os
 import socket
 import time
 import urllib.error
@@ -14,6 +15,7 @@ import torch
 
 from conftest import running
 from niche.data.examples import Example
+from niche.hardware import KERNEL_CACHE_ENTRIES, KERNEL_CACHE_VARIABLES
 from niche.serve.app import ServeSettings, create_app
 from niche.serve.engine import BASE_MODEL_NAME, SamplingParams, TorchEngine
 from niche.train import train
@@ -364,6 +366,50 @@ def test_concurrent_clients_for_several_specialists_get_their_own_answers(server
         engine.max_loaded = 1
     assert together == solo
     assert engine.peak_rows > 1, "the concurrent requests were decoded together"
+
+
+KERNEL_CACHE_PROBE = """
+import os, sys
+from niche.hardware import bound_kernel_caches
+if sys.argv[1] != "default":
+    bound_kernel_caches(entries=int(sys.argv[1]))
+import torch
+weight = torch.randn(8, 16).to_mkldnn()
+for _ in range(3):
+    for rows in (1, 2, 3):  # three shapes, three kernels
+        torch._C._nn.mkldnn_linear(torch.randn(rows, 16).to_mkldnn(), weight)
+"""
+
+
+def kernel_cache_hits(entries: str) -> int:
+    """oneDNN's own count of matmul kernels found in its cache, in a fresh process (it reads its bound once)."""
+    import subprocess
+    import sys
+
+    environment = {key: value for key, value in os.environ.items() if key not in KERNEL_CACHE_VARIABLES}
+    process = subprocess.run(
+        [sys.executable, "-c", KERNEL_CACHE_PROBE, entries],
+        env=environment | {"ONEDNN_VERBOSE": "2"},  # 2: log every kernel creation, hit or miss
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    created = [line for line in process.stdout.splitlines() if ",create:" in line and "inner_product" in line]
+    assert created, process.stdout[-2000:] + process.stderr[-2000:]
+    return sum(",create:cache_hit," in line for line in created)
+
+
+def test_kernel_caches_are_bounded_before_the_first_matmul_and_a_users_bound_wins(specialists_dir, monkeypatch) -> None:
+    """oneDNN keeps a kernel per input shape (~0.7 MiB each, 1,024 by default); a server meets new prefill shapes
+    for as long as it runs, so the engine bounds the caches, and the bound reaches oneDNN."""
+    assert kernel_cache_hits("default") == 6, "three shapes met three times: the last two rounds hit"
+    assert kernel_cache_hits("1") == 0, "one entry and three alternating shapes: every call compiles"
+    for variable in KERNEL_CACHE_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "77")
+    TorchEngine(specialists_dir, max_loaded=1).close()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(KERNEL_CACHE_ENTRIES)
+    assert os.environ["LRU_CACHE_CAPACITY"] == "77"
 
 
 def test_forward_passes_run_on_every_core_in_the_scheduler_and_the_work_beside_it_on_one(

@@ -33,7 +33,7 @@ from niche.data.examples import Example
 from niche.data.template import PromptTemplate, TemplateEncoder, build_template
 from niche.decoding import AnswerTrie, JsonGrammar, LabelConstraint, TokenConstraint, answer_trie
 from niche.errors import ModelError, NicheError
-from niche.hardware import detect_hardware, one_thread
+from niche.hardware import bound_kernel_caches, detect_hardware, one_thread
 from niche.models import load_model, load_tokenizer, prepare_for_inference
 from niche.serve import decode_attention, multilora
 from niche.serve.kvcache import BatchKVCache, is_plain
@@ -503,6 +503,7 @@ class TorchEngine(EngineCore):
         max_queue: int = DEFAULT_MAX_QUEUE,
     ) -> None:
         super().__init__(specialists_dir, max_loaded, timeout_s, max_queue)
+        bound_kernel_caches()  # a long-running server meets new prefill shapes for as long as it runs
         hardware = detect_hardware()
         # Every forward pass runs in the scheduler thread, on this many threads; the calling thread loads the model
         # on one, so that it creates no OpenMP team of its own to slow the scheduler's (`one_thread`).
