@@ -1,0 +1,133 @@
+"""The `niche` application: its sub-command groups, console, logging and the entry point."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from niche import __version__
+from niche.errors import ConfigError, NicheError
+
+app = typer.Typer(
+    help="Turn a small open model into a measured domain specialist.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Inspect training data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+rag_app = typer.Typer(help="Retrieval: index domain documents and search them.", no_args_is_help=True)
+app.add_typer(rag_app, name="rag")
+pipeline_app = typer.Typer(
+    help="Curate, train, evaluate, gate and register in one resumable run.", no_args_is_help=True
+)
+app.add_typer(pipeline_app, name="pipeline")
+registry_app = typer.Typer(
+    help="The MLflow registry of specialists: versions, champion, rollback.", no_args_is_help=True
+)
+app.add_typer(registry_app, name="registry")
+console = Console(soft_wrap=True)
+state = {"debug": False}
+
+Overrides = Annotated[
+    list[str] | None, typer.Argument(help="Config overrides as key=value, e.g. training.max_steps=20.")
+]
+
+
+def _configure_logging(debug: bool) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not debug:
+        # niche shows its own progress; the libraries' per-file loading bars are noise.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+    )
+    for noisy in ("transformers", "peft", "accelerate", "huggingface_hub", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
+    if not debug:
+        import warnings
+
+        warnings.filterwarnings("ignore", module="transformers|peft|torch")
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and library logs.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        console.print(f"niche {__version__}")
+        raise typer.Exit()
+    state["debug"] = debug
+    _configure_logging(debug)
+
+
+
+
+def _configure_logging(debug: bool) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not debug:
+        # niche shows its own progress; the libraries' per-file loading bars are noise.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+    )
+    for noisy in ("transformers", "peft", "accelerate", "huggingface_hub", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
+    if not debug:
+        import warnings
+
+        warnings.filterwarnings("ignore", module="transformers|peft|torch")
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and library logs.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        console.print(f"niche {__version__}")
+        raise typer.Exit()
+    state["debug"] = debug
+    _configure_logging(debug)
+
+def print_report(report: Any) -> None:
+    table = Table(
+        title=f"{report.rows} examples · task {report.task_kind}"
+        + (" · constrained to labels" if report.constrained else "")
+    )
+    table.add_column("metric")
+    for result in report.results:
+        table.add_column(result.name, justify="right")
+    for metric, value in report.results[0].metrics.items():
+        if isinstance(value, (int, float)):
+            table.add_row(metric, *[_cell(result.metrics.get(metric, "")) for result in report.results])
+    table.add_row("examples/s", *[f"{result.examples_per_s:.2f}" for result in report.results])
+    if any("fit_seconds" in result.details for result in report.results):
+        table.add_row("fit (s)", *[_cell(result.details.get("fit_seconds", "")) for result in report.results])
+    console.print(table)
+
+def _cell(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+def run() -> None:
+    """Console-script entry point: NicheErrors print as one clear message, not a traceback."""
+    try:
+        app()
+    except NicheError as error:
+        if state["debug"]:
+            raise
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {error}", highlight=False)
+        sys.exit(2)

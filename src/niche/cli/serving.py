@@ -1,0 +1,177 @@
+"""`niche serve`, `niche rag`, `niche export`, `niche registry`: running and shipping specialists."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from niche import __version__
+from niche.errors import ConfigError, NicheError
+
+from niche.cli.app import app, console, data_app, pipeline_app, rag_app, registry_app, state, print_report
+
+
+@app.command()
+def serve(
+    specialists: Annotated[Path, typer.Argument(help="Directory whose subdirectories are specialists (niche.json).")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    max_loaded: Annotated[int, typer.Option(help="Adapters kept in memory; the least recently used is evicted.")] = 8,
+    api_key: Annotated[
+        list[str] | None, typer.Option(help="Require this bearer key (repeatable; or NICHE_API_KEYS=a,b).")
+    ] = None,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted.")] = 1 << 20,
+    max_batch_size: Annotated[
+        int, typer.Option(help="Requests decoded together, across specialists (1: one request at a time).")
+    ] = 16,
+    max_wait_ms: Annotated[
+        float, typer.Option(help="When idle, how long a request waits for companions before its batch starts.")
+    ] = 2.0,
+    timeout: Annotated[float, typer.Option(help="Seconds a request may run before it is stopped (504).")] = 120.0,
+    max_queue: Annotated[
+        int, typer.Option(min=1, help="Waiting requests past which a new request gets 429 with Retry-After.")
+    ] = 256,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="torch (batched, this process), llamacpp (GGUF base + GGUF LoRAs, this process) or vllm "
+            "(print the equivalent vLLM command)."
+        ),
+    ] = "torch",
+    launch: Annotated[bool, typer.Option(help="With --engine vllm: run the command instead of printing it.")] = False,
+    routing: Annotated[
+        bool, typer.Option(help="Serve model 'auto': route each request to the closest specialist.")
+    ] = True,
+    route_threshold: Annotated[
+        float, typer.Option(help="Below this similarity 'auto' answers with the base model.")
+    ] = 0.4,
+    registry_poll: Annotated[
+        float,
+        typer.Option(help="Every N seconds, switch each specialist to its MLflow registry champion (0: off)."),
+    ] = 0.0,
+) -> None:
+    """Serve the specialists (and their bare base as model 'base') behind an OpenAI-compatible API."""
+    from niche.serve import create_engine, run_server
+
+    keys = set(api_key or []) | {key for key in os.environ.get("NICHE_API_KEYS", "").split(",") if key}
+    serving_engine = create_engine(
+        engine,
+        specialists,
+        max_loaded=max_loaded,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        timeout_s=timeout,
+        max_queue=max_queue,
+    )
+    run_server(
+        serving_engine,
+        host,
+        port,
+        api_keys=frozenset(keys),
+        max_body_bytes=max_body_bytes,
+        routing=routing,
+        route_threshold=route_threshold,
+        registry_poll=registry_poll,
+        launch=launch,
+        say=console.print,
+    )
+
+@rag_app.command("index")
+def rag_index(
+    documents: Annotated[list[Path], typer.Argument(help="Text, markdown or PDF files, or directories of them.")],
+    out: Annotated[Path, typer.Option(help="Index directory to write.")],
+    chunk_size: Annotated[int, typer.Option(help="Characters per passage.")] = 800,
+    overlap: Annotated[int, typer.Option(help="Characters shared by consecutive passages.")] = 150,
+) -> None:
+    """Chunk, embed (all-MiniLM-L6-v2) and store documents in one SQLite file (sqlite-vec + FTS5)."""
+    from niche.rag import RagIndex
+
+    index = RagIndex.build(documents, out, chunk_size=chunk_size, overlap=overlap)
+    console.print(f"indexed {index.meta['chunks']} passages from {len(index.meta['documents'])} documents into {out}")
+
+@rag_app.command("search")
+def rag_search(
+    index: Annotated[Path, typer.Argument(help="Index directory from `niche rag index`.")],
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    k: Annotated[int, typer.Option(help="Passages to return.")] = 3,
+    mode: Annotated[str, typer.Option(help="vector, bm25 or hybrid.")] = "hybrid",
+) -> None:
+    """The best passages for a query."""
+    from niche.rag import RagIndex
+
+    for hit in RagIndex.open(index).search(query, k, mode):  # type: ignore[arg-type]
+        console.print(f"[bold]{hit.chunk.source}[/] ({hit.score:.4f})\n{hit.chunk.text}\n")
+
+@app.command("export")
+def export_command(
+    specialist: Annotated[Path, typer.Argument(help="Specialist directory written by `niche train`.")],
+    to: Annotated[str, typer.Option("--to", help="merged, gguf, ollama or vllm.")],
+    quant: Annotated[str, typer.Option(help="GGUF quantization: f16, q8_0 or q4_k_m.")] = "q4_k_m",
+    out: Annotated[
+        Path | None, typer.Option(help="Export directory; SPECIALIST-TO[-QUANT] beside it when absent.")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="Held-out rows for the parity check (default: data.test).")] = None,
+    parity_rows: Annotated[int, typer.Option(help="Held-out rows the parity check runs.")] = 32,
+    max_metric_drop: Annotated[
+        float, typer.Option(help="Quantized exports: warn when the task metric drops by more than this.")
+    ] = 0.02,
+) -> None:
+    """Export a specialist (merged weights, GGUF, Ollama, vLLM) and check it answers like the trained model."""
+    from niche.export import export_specialist, parity_table
+
+    suffix = f"-{quant}" if to in ("gguf", "ollama") else ""
+    target = out or specialist.parent / "exports" / f"{specialist.name}-{to}{suffix}"
+    result = export_specialist(
+        specialist,
+        to,  # type: ignore[arg-type]
+        target,
+        quant=quant,  # type: ignore[arg-type]
+        data=data,
+        parity_rows=parity_rows,
+        max_metric_drop=max_metric_drop,
+    )
+    if result.parity:
+        console.print(parity_table(result.parity))
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    if "command" in result.details:
+        import shlex
+
+        console.print(shlex.join(result.details["command"]))
+    sizes = ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in result.files.items())
+    console.print(f"[green]exported to[/] {result.directory}: {sizes}")
+
+@registry_app.command("show")
+def registry_show(name: Annotated[str, typer.Argument(help="Specialist (registered model) name.")]) -> None:
+    """Versions of a specialist with their aliases and gate results."""
+    from niche.tracking import registry_versions
+
+    table = Table(title=f"registry: {name}")
+    for column in ("version", "aliases", "gate", "reason", "run"):
+        table.add_column(column)
+    for version, aliases in registry_versions(name):
+        tags = version.tags
+        table.add_row(
+            version.version, ", ".join(aliases), tags.get("gate", ""), tags.get("reason", ""), version.run_id or ""
+        )
+    console.print(table)
+
+@registry_app.command("promote")
+def registry_promote(
+    name: Annotated[str, typer.Argument(help="Specialist (registered model) name.")],
+    version: Annotated[str, typer.Argument(help="Version that becomes the champion (e.g. to roll back).")],
+) -> None:
+    """Make a version the champion; servers polling the registry switch to it."""
+    from niche.tracking import promote
+
+    promote(name, version)
+    console.print(f"{name} version {version} is the champion")
