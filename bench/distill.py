@@ -83,10 +83,9 @@ def main() -> None:
     from niche.data.template import TemplateEncoder
     from niche.distill import distill_config, distill_logits
     from niche.eval import evaluate
-    from niche.eval.evaluate import load_test_examples
     from niche.io import write_json_atomic
     from niche.models import load_tokenizer
-    from niche.specialist import read_manifest, resolve_specialist_base
+    from niche.specialist import load_test_examples, read_manifest, resolve_specialist_base
     from niche.train import train
 
     test = WORKDIR / "test.jsonl"

@@ -93,7 +93,7 @@ def summary(ttfts: list[float], rates: list[float]) -> dict[str, float]:
 
 
 def raw_llama(model: Path, lora: Path | None, prompts: list[list[int]], tokens: int) -> dict:
-    from niche.export import LlamaCppRunner
+    from niche.gguf import LlamaCppRunner
     from niche.serve.llamacpp import last_logits
 
     before = rss_mb()  # after the imports: what the model itself adds is measured
@@ -199,12 +199,11 @@ def main() -> None:
     import dataclasses
 
     from niche.data.template import TemplateEncoder
-    from niche.eval.evaluate import load_test_examples
     from niche.export import merge_into_base
     from niche.hardware import cpu_has_native_bf16
     from niche.io import write_json_atomic
     from niche.models import load_tokenizer
-    from niche.specialist import read_manifest, resolve_specialist_base
+    from niche.specialist import load_test_examples, read_manifest, resolve_specialist_base
 
     native_bf16 = cpu_has_native_bf16()
     torch_dtypes = ["float32", "bfloat16"] if native_bf16 else ["float32"]

@@ -106,9 +106,8 @@ def start_server(
 
 def start_llama_cpp_server(specialists: Path) -> Server:
     """llama-cpp-python's OpenAI server on the same GGUF base and GGUF LoRAs that `--engine llamacpp` uses."""
-    from niche.export import lora_gguf, shared_base_gguf
-    from niche.serve.engine import discover_specialists
-    from niche.specialist import resolve_specialist_base
+    from niche.gguf import lora_gguf, shared_base_gguf
+    from niche.specialist import discover_specialists, resolve_specialist_base
 
     check = subprocess.run([sys.executable, "-c", "import llama_cpp.server.app"], capture_output=True, text=True)
     if check.returncode != 0:
@@ -241,7 +240,7 @@ def user_turn(model: str, text: str) -> Messages:
 
 def with_system_prompts(specialists: Path):
     """What a server that knows nothing of niche's templates gets: the specialist's system prompt, then the turn."""
-    from niche.serve.engine import discover_specialists
+    from niche.specialist import discover_specialists
 
     prompts = {
         name: manifest.template.system_prompt for name, (_, manifest) in discover_specialists(specialists).items()

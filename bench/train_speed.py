@@ -110,7 +110,7 @@ def niche_config(paths: dict[str, Path], workdir: Path, steps: int, batch_size: 
 def held_out_accuracy(model, encoder, test_path: Path, labels: list[str]) -> float:
     from niche.data.formats import load_examples
     from niche.eval.generation import generate_answers
-    from niche.eval.metrics import label_metrics
+    from niche.metrics import label_metrics
 
     examples = load_examples(test_path).examples
     model.eval()

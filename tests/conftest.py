@@ -6,8 +6,10 @@ import contextlib
 import json
 import os
 import socket
+import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -156,9 +158,7 @@ def running(app, **options) -> Iterator[str]:
 
     from niche.serve.http import uvicorn_config
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     instance = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, **options))
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
@@ -171,3 +171,24 @@ def running(app, **options) -> Iterator[str]:
     finally:
         instance.should_exit = True
         thread.join(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen, seconds: float, what: str) -> None:
+    """Poll `url`/health until it answers; fail (with the process's output when it kept one) if the process
+    exits or `seconds` pass first."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                output = process.communicate()[0] if process.stdout else ""
+                pytest.fail(f"{what} did not start:\n{output}")
+            time.sleep(0.25)

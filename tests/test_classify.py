@@ -68,7 +68,7 @@ def test_eval_answers_with_the_head_and_asks_the_base_zero_shot(head_specialists
 def test_the_server_answers_a_head_specialist_with_its_label(head_specialists) -> None:
     from conftest import running
     from niche.serve.app import create_app
-    from niche.serve.engine import TorchEngine
+    from niche.serve.torch_engine import TorchEngine
 
     engine = TorchEngine(head_specialists / "specialists")
     try:
@@ -93,7 +93,8 @@ def test_the_server_answers_a_head_specialist_with_its_label(head_specialists) -
 
 def test_served_labels_match_eval_row_for_row(head_specialists) -> None:
     from niche.data.formats import load_examples
-    from niche.serve.engine import SamplingParams, TorchEngine
+    from niche.serve.base import SamplingParams
+    from niche.serve.torch_engine import TorchEngine
 
     examples = load_examples(head_specialists / "test.jsonl").examples
     report = evaluate(head_specialists / "specialists" / "triage", head_specialists / "test.jsonl", show_progress=False)
@@ -109,7 +110,7 @@ def test_served_labels_match_eval_row_for_row(head_specialists) -> None:
 
 
 def test_an_engine_without_heads_refuses_a_head_specialist_clearly(head_specialists) -> None:
-    from niche.serve.engine import EngineCore, SamplingParams
+    from niche.serve.base import EngineCore, SamplingParams
 
     core = EngineCore(head_specialists / "specialists")
     with pytest.raises(NicheError, match="answers with a label head.*--engine torch"):

@@ -6,15 +6,16 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from conftest import write_jsonl
 from niche.cli import app
-from niche.data.curate import CurateSettings, curate, normalize_text
+from niche.curate import CurateSettings, curate, normalize_text
 from niche.data.formats import load_examples
 from niche.data.minhash import NearDuplicateIndex, lsh_bands, shingles
 from niche.data.pii import iban_valid, luhn_valid, redact
-from niche.errors import ConfigError, DataError
+from niche.errors import DataError
 
 TOPICS = {
     "billing": ["my invoice was charged {n} times this month", "refund the duplicate payment of {n} dollars"],
@@ -131,7 +132,7 @@ def test_conflict_policies(tmp_path) -> None:
     assert kept_answers("majority") == [rows[0]["label"]]
     assert kept_answers("drop") == []
     assert kept_answers("keep") == sorted({rows[0]["label"], "outage"})
-    with pytest.raises(ConfigError, match="conflicts"):
+    with pytest.raises(ValidationError, match="conflicts"):
         CurateSettings(conflicts="vote")
 
 
@@ -185,7 +186,7 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path) -> None:
     with pytest.raises(DataError, match="missing.jsonl: decontamination benchmark file not found"):
         curate([source], tmp_path / "out", CurateSettings(decontaminate=(tmp_path / "missing.jsonl",)))
     assert not (tmp_path / "out").exists()
-    with pytest.raises(ConfigError, match="split"):
+    with pytest.raises(ValidationError, match="split"):
         CurateSettings(split=(0.5, 0.5, 0.5))
 
 
@@ -201,3 +202,20 @@ def test_cli_curate(tmp_path) -> None:
     ]
     assert "write to [EMAIL]" in texts and "EMAIL" in result.output
     assert len(texts) == 31
+
+
+def test_cli_curate_takes_the_curate_section_of_a_niche_yaml_and_its_flags_win(tmp_path) -> None:
+    source = write_jsonl(tmp_path / "raw.jsonl", distinct_rows(40))
+    (tmp_path / "niche.yaml").write_text("curate:\n  split: [0.5, 0.5, 0.0]\n  seed: 5\n")
+    expected = {
+        (): curate([source], tmp_path / "direct-a", CurateSettings(split=(0.5, 0.5, 0.0), seed=5)).splits,
+        ("--split", "1,0,0"): curate([source], tmp_path / "direct-b", CurateSettings(split=(1, 0, 0), seed=5)).splits,
+    }
+    assert expected[()] != expected[("--split", "1,0,0")]
+    for flags, splits in expected.items():
+        out = tmp_path / f"out{len(flags)}"
+        command = ["curate", str(source), "--out", str(out), "--config", str(tmp_path / "niche.yaml"), *flags]
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 0, result.output
+        assert {name: len(read_jsonl(out / f"{name}.jsonl")) for name in splits} == splits
+        assert json.loads((out / "data_card.json").read_text())["settings"]["seed"] == "5"

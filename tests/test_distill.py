@@ -11,8 +11,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from conftest import chat_completion
-from niche.distill import kd_loss_sum, student_from_layers
+from niche.distill import student_from_layers
 from niche.errors import ConfigError
+from niche.train.kd import kd_loss_sum
 
 
 def test_forward_kl_equals_a_kl_computed_by_hand() -> None:

@@ -33,13 +33,13 @@ def test_smollm2_specialist_reloads_with_peft_and_gives_the_same_outputs(smollm2
     # A small validation split keeps the test quick; the real one is still parsed and label-checked by prepare_data.
     monkeypatch.setattr(sft, "encode_examples", _first_rows(sft.encode_examples, 8))
     captured = {}
-    original_write = sft.write_specialist
+    original_write = sft.write_trained_specialist
     monkeypatch.setattr(
         sft,
-        "write_specialist",
+        "write_trained_specialist",
         lambda target, model, *rest: (captured.setdefault("model", model), original_write(target, model, *rest)),
     )
-    result = sft.train(config, show_progress=False)
+    result = sft.train_sft(config, show_progress=False)
     in_memory = captured["model"].eval()
 
     manifest = read_manifest(result.specialist_dir)

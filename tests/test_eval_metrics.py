@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from niche.eval.metrics import generation_metrics, json_metrics, label_metrics, rouge_l, token_f1
+from niche.metrics import generation_metrics, json_metrics, label_metrics, rouge_l, token_f1
 
 
 def test_label_metrics_accuracy_macro_f1_and_confusions() -> None:

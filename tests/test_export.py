@@ -162,7 +162,7 @@ def test_gguf_export_without_llama_cpp_says_what_to_run_before_any_work(
 
 
 def test_gguf_export_of_a_tiny_model_keeps_parity_through_llama_cpp(tiny_specialist, tmp_path) -> None:
-    from niche.export import gguf_metadata
+    from niche.gguf import gguf_metadata
 
     result = export_specialist(tiny_specialist, "gguf", tmp_path / "gguf", quant="q8_0")
     variants = {parity.variant: parity for parity in result.parity}

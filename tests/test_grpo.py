@@ -86,7 +86,7 @@ def judge_server(replies: list[str]) -> tuple[FastAPI, dict]:
 
 
 def test_relative_judge_scores_groups_caches_and_survives_malformed_replies(caplog) -> None:
-    from niche.synth import OpenAITeacher
+    from niche.teachers import OpenAITeacher
 
     app, state = judge_server(['{"scores": [9, 3, 6], "reason": "first is best"}', "I refuse to grade", "not json"])
     with running(app) as url:

@@ -10,10 +10,11 @@ import torch
 
 from conftest import LABELS, ticket_rows, write_jsonl
 from niche.config import load_config
+from niche.data.documents import chunk_text
 from niche.errors import ConfigError, DataError
 from niche.ladder import Rung, recommend, run_ladder, write_ladder_report
 from niche.probes import Question, everyday_questions, multiple_choice_accuracy, perplexity, read_questions
-from niche.rag import RagIndex, chunk_text, retrieval_metrics
+from niche.rag import RagIndex, retrieval_metrics
 
 HANDBOOK = {
     "billing.md": "# billing\n\nInvoices, refunds, double charges and payment cards belong to the billing queue.",

@@ -9,19 +9,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import openai
 import pytest
 
-from conftest import running, ticket_rows, write_jsonl
+from conftest import free_port, running, ticket_rows, wait_until_healthy, write_jsonl
 from niche import tracking
 from niche.config import WatchSettings, load_config
 from niche.io import sha256_of_file
@@ -284,9 +282,7 @@ def test_pipeline_and_registry_from_the_command_line(tmp_path, tiny_base) -> Non
 @pytest.fixture
 def mlflow_server(tmp_path, monkeypatch):
     """`mlflow server` on a loopback port with its own SQLite store and artifact directory."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     store = tmp_path / "mlflow-server"
     store.mkdir()
     command = [
@@ -311,14 +307,7 @@ def mlflow_server(tmp_path, monkeypatch):
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                break
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(0.25)
+    wait_until_healthy(url, server, 90, "mlflow server")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     yield url
     os.killpg(server.pid, 15)
@@ -329,8 +318,9 @@ def test_watch_cycles_promote_the_better_run_and_serve_switches_without_dropping
     tmp_path, tiny_base, mlflow_server
 ) -> None:
     from niche.serve.app import create_app
-    from niche.serve.engine import SamplingParams, TorchEngine
+    from niche.serve.base import SamplingParams
     from niche.serve.registry import ChampionPoller
+    from niche.serve.torch_engine import TorchEngine
 
     data = tmp_path / "data"
     data.mkdir()

@@ -115,7 +115,7 @@ def test_the_server_answers_a_json_specialist_under_its_stored_schema(tiny_confi
 
     from conftest import running
     from niche.serve.app import create_app
-    from niche.serve.engine import TorchEngine
+    from niche.serve.torch_engine import TorchEngine
     from niche.train import train
 
     config = tiny_config(

@@ -17,7 +17,8 @@ from conftest import running
 from niche.data.examples import Example
 from niche.hardware import KERNEL_CACHE_ENTRIES, KERNEL_CACHE_VARIABLES
 from niche.serve.app import ServeSettings, create_app
-from niche.serve.engine import BASE_MODEL_NAME, SamplingParams, TorchEngine
+from niche.serve.base import BASE_MODEL_NAME, SamplingParams
+from niche.serve.torch_engine import TorchEngine
 from niche.train import train
 
 
@@ -418,7 +419,7 @@ def test_forward_passes_run_on_every_core_in_the_scheduler_and_the_work_beside_i
     """OpenMP gives each thread that runs parallel torch ops a team of its own, and a second team slows the
     scheduler's forward passes: the model loads, admin calls and routing run on one intra-op thread, the
     scheduler on the engine's count, and the caller's own setting is left as it was."""
-    from niche.serve import engine as engine_module
+    from niche.serve import torch_engine as engine_module
 
     threads_seen: dict[str, int] = {}
     original_load_model = engine_module.load_model
@@ -882,7 +883,7 @@ def test_a_client_that_closes_a_stream_frees_its_batch_row(server) -> None:
 
 
 def test_top_p_draws_only_from_the_smallest_set_reaching_p() -> None:
-    from niche.serve.engine import next_token
+    from niche.serve.base import next_token
 
     logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
     generator = torch.Generator().manual_seed(0)

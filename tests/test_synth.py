@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 from conftest import LABELS, chat_completion, ticket_rows, write_jsonl
+from niche.data.documents import chunk_text
 from niche.data.formats import load_examples
 from niche.errors import ConfigError
-from niche.rag import chunk_text
-from niche.synth import OpenAITeacher, SynthSettings, make_teacher, parse_items, synthesize
+from niche.synth import SynthSettings, parse_items, synthesize
+from niche.teachers import OpenAITeacher, make_teacher
 from test_serve import running
 
 VOCABULARY = [
@@ -188,7 +190,7 @@ def test_documents_strategy_writes_questions_with_their_passage(tmp_path) -> Non
 def test_synth_against_niche_serve_with_a_tiny_model(tmp_path, seeds, tiny_base) -> None:
     from niche.config import load_config
     from niche.serve.app import create_app
-    from niche.serve.engine import TorchEngine
+    from niche.serve.torch_engine import TorchEngine
     from niche.train import train
 
     config = load_config(
@@ -224,7 +226,7 @@ def test_parse_items_and_bad_settings() -> None:
     assert parse_items('{"text": "a"}\n{"text": "b"},\nnoise') == [{"text": "a"}, {"text": "b"}]
     with pytest.raises(ValueError):
         parse_items("no json here")
-    with pytest.raises(ConfigError, match="strategy"):
+    with pytest.raises(ValidationError, match="strategy"):
         SynthSettings(strategy="magic")
     with pytest.raises(ConfigError, match="teacher-model"):
         make_teacher("http://127.0.0.1:1/v1", None)

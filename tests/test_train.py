@@ -50,13 +50,15 @@ def test_resume_continues_from_the_last_checkpoint(tiny_config, monkeypatch) -> 
     from niche.train import sft
 
     config = tiny_config("training.max_steps=4", "training.eval_every=2")
-    original_write = sft.write_specialist
-    monkeypatch.setattr(sft, "write_specialist", lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt()))
+    original_write = sft.write_trained_specialist
+    monkeypatch.setattr(
+        sft, "write_trained_specialist", lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt())
+    )
     with pytest.raises(KeyboardInterrupt):
         train(config, show_progress=False)
     assert not config.specialist_dir.exists(), "an interrupted run leaves no half-written specialist"
     assert (sft.checkpoint_dir_for(config) / "checkpoint-4").is_dir()
-    monkeypatch.setattr(sft, "write_specialist", original_write)
+    monkeypatch.setattr(sft, "write_trained_specialist", original_write)
     from niche.train.engine import SupervisedOnlyTrainer
 
     steps_run = []

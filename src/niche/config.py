@@ -7,6 +7,7 @@ Relative paths in the file are resolved against the file's own directory, and
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +40,19 @@ def parse_duration(value: str | float | int) -> float:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class _Section(_Strict):
+    """A section a command also builds on its own (`niche curate --config niche.yaml --seed 3`)."""
+
+    def updated(self, **given: Any) -> Any:
+        """A copy with the given values (None: not given, the section's own value stays), validated again: how a
+        command's flags override the section of a niche.yaml."""
+        values = self.model_dump() | {key: value for key, value in given.items() if value is not None}
+        try:
+            return type(self).model_validate(values)
+        except ValidationError as error:
+            raise ConfigError(_describe_validation_error(None, error, type(self).__name__)) from error
 
 
 class DataConfig(_Strict):
@@ -159,7 +173,7 @@ class TrainingSettings(_Strict):
         return None if value is None else parse_duration(value)
 
 
-class EvalSettings(_Strict):
+class EvalSettings(_Section):
     batch_size: int = Field(16, ge=1)
     max_new_tokens: int = Field(128, ge=1, description="Generation budget for generation and JSON tasks.")
     constrain_to_labels: bool = Field(True, description="Label tasks: decode only sequences from the label set.")
@@ -220,22 +234,92 @@ class TrackingSettings(_Strict):
     experiment: str | None = Field(None, description="MLflow experiment; the specialist name when absent.")
 
 
-class CurateOptions(_Strict):
-    near_duplicate_threshold: float = Field(0.8, gt=0, le=1)
-    conflicts: Literal["majority", "drop", "keep"] = "majority"
+class CurateSettings(_Section):
+    """`niche curate`, and the pipeline's curate stage."""
+
+    near_duplicate_threshold: float = Field(
+        0.8, gt=0, le=1, description="MinHash Jaccard estimate that is a near duplicate."
+    )
+    shingle_size: int = Field(3, ge=1, description="Words per shingle.")
+    num_perm: int = Field(128, ge=16, description="MinHash permutations.")
+    conflicts: Literal["majority", "drop", "keep"] = Field(
+        "majority", description="Same or near-same input with different answers: keep the majority, drop all, keep all."
+    )
     redact_pii: bool = False
-    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    split: tuple[float, float, float] = Field((0.7, 0.15, 0.15), description="train, validation, test fractions.")
     seed: int = 0
+    max_chars: int = Field(20_000, ge=1, description="Longer rows (input and answer) are rejected.")
     decontaminate: list[Path] = Field(default_factory=list, description="Benchmarks whose n-grams leave training.")
+    ngram: int = Field(13, ge=1, description="n of the decontamination n-grams (13 as in GPT-3).")
+    format: DataFormat = Field("auto", description="Row shape of the inputs; detected when 'auto'.")
+
+    @field_validator("split")
+    @classmethod
+    def _fractions(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(part < 0 for part in value) or abs(sum(value) - 1) > 1e-6:
+            raise ValueError(f"expected three non-negative fractions summing to 1, got {value}")
+        return value
 
 
-class SynthOptions(_Strict):
-    teacher: str = Field(description="OpenAI-compatible base URL, or local:NAME for an in-process model.")
+class SynthSettings(_Section):
+    """`niche synth`, and the pipeline's synth stage (which runs when niche.yaml has a `synth` section)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    teacher: str | None = Field(None, description="OpenAI-compatible base URL, or local:NAME for an in-process model.")
     model: str | None = Field(None, description="Model name at the teacher's endpoint.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the teacher's key.")
-    n: int = Field(100, ge=1, description="Synthetic rows added to the curated training split.")
-    per_request: int = Field(5, ge=1)
-    judge: bool = False
+    timeout_s: float = Field(60.0, gt=0, description="Seconds per teacher request before it is retried.")
+    max_retries: int = Field(5, ge=0, description="Retries on 429, 5xx and timeouts.")
+    structured: bool = Field(True, description="Ask the teacher for schema-constrained JSON (response_format).")
+    n: int = Field(100, ge=1, description="Rows wanted (accepted); rejected rows are replaced, up to max_rounds.")
+    strategy: Literal["variations", "documents"] = "variations"
+    per_request: int = Field(5, ge=1, description="Rows asked for in one teacher request.")
+    examples_per_prompt: int = Field(5, ge=1)
+    temperature: float = Field(0.9, ge=0)
+    max_tokens: int = Field(768, ge=1)
+    concurrency: int = Field(4, ge=1, description="Teacher requests in flight.")
+    seed: int = 0
+    min_chars: int = Field(3, ge=0)
+    max_chars: int = Field(2000, ge=1)
+    near_duplicate_threshold: float = Field(0.8, gt=0, le=1)
+    prompt_template: str | None = Field(None, description="str.format fields: labels, label, examples, count, passage.")
+    judge: bool = Field(False, description="Score each row with the teacher as a judge (1-5).")
+    min_judge_score: int = Field(4, ge=1, le=5)
+    price_input_per_million: float = Field(0.0, ge=0)
+    price_output_per_million: float = Field(0.0, ge=0)
+    passage_chars: int = Field(1500, ge=100)
+    max_rounds: int = Field(3, ge=1)
+    output_schema: dict[str, Any] | None = Field(None, description="Answers must be JSON that validates against it.")
+
+
+class ExportSettings(_Section):
+    """`niche export`: what parity is checked on and what it must hold."""
+
+    quant: Literal["f16", "q8_0", "q4_k_m"] = Field("q4_k_m", description="GGUF quantization (gguf and ollama).")
+    parity_rows: int = Field(32, ge=1, description="Held-out rows run through the export and the trained model.")
+    max_new_tokens: int = Field(32, ge=1, description="Greedy tokens compared per row.")
+    max_logit_diff: float = Field(
+        0.25, gt=0, description="Full-precision exports: largest next-token logit difference allowed."
+    )
+    max_metric_drop: float = Field(0.02, ge=0, description="Quantized exports: larger metric drops warn.")
+
+
+class ServeSettings(_Section):
+    """`niche serve`: the engine and its limits."""
+
+    engine: Literal["torch", "llamacpp", "vllm"] = "torch"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_loaded: int = Field(8, ge=1, description="Adapters kept in memory; the least recently used is evicted.")
+    max_batch_size: int = Field(16, ge=1, description="Requests decoded together, across specialists.")
+    max_wait_ms: float = Field(2.0, ge=0, description="When idle, how long a request waits for companions.")
+    timeout: float = Field(120.0, gt=0, description="Seconds a request may run before it is stopped (504).")
+    max_queue: int = Field(256, ge=1, description="Waiting requests past which a new request gets 429.")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted.")
+    routing: bool = Field(True, description="Serve model 'auto': route each request to the closest specialist.")
+    route_threshold: float = Field(0.4, description="Below this similarity 'auto' answers with the base model.")
+    registry_poll: float = Field(0.0, ge=0, description="Every N seconds, follow the registry's champion (0: off).")
 
 
 class GateSettings(_Strict):
@@ -252,8 +336,6 @@ class PipelineSettings(_Strict):
         default_factory=list, description="Raw example files or directories; curated into train/validation/test."
     )
     work_dir: Path | None = Field(None, description="Stage outputs and state; output_dir/.pipeline/NAME when absent.")
-    curate: CurateOptions = Field(default_factory=CurateOptions)
-    synth: SynthOptions | None = Field(None, description="Add teacher-generated rows to the training split.")
     gate: GateSettings = Field(default_factory=GateSettings)
 
 
@@ -284,7 +366,11 @@ class NicheConfig(_Strict):
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    curate: CurateSettings = Field(default_factory=CurateSettings)
+    synth: SynthSettings | None = Field(None, description="Teacher-generated rows (the pipeline adds them when set).")
     eval: EvalSettings = Field(default_factory=EvalSettings)
+    export: ExportSettings = Field(default_factory=ExportSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
     rag: RagSettings = Field(default_factory=RagSettings)
     ladder: LadderSettings = Field(default_factory=LadderSettings)
     grpo: GrpoSettings = Field(default_factory=GrpoSettings)
@@ -299,6 +385,28 @@ class NicheConfig(_Strict):
         if not value or "/" in value or value.startswith("."):
             raise ValueError("must be a plain directory name (no '/', not starting with '.')")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_moved_out_of_pipeline(cls, data: Any) -> Any:
+        """`pipeline.curate` and `pipeline.synth` were the pipeline's copies of curate's and synth's options; they
+        are the top-level `curate` and `synth` sections now, which `niche curate` and `niche synth` read too."""
+        pipeline = data.get("pipeline") if isinstance(data, dict) else None
+        if not isinstance(pipeline, dict):
+            return data
+        for section in ("curate", "synth"):
+            if section in pipeline:
+                if section in data:
+                    raise ValueError(f"pipeline.{section} and {section} both given: keep the top-level {section}")
+                warnings.warn(
+                    f"pipeline.{section} is now the top-level `{section}` section; move it there",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+                data = {**data, section: pipeline[section], "pipeline": {**pipeline}}
+                del data["pipeline"][section]
+                pipeline = data["pipeline"]
+        return data
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> NicheConfig:
@@ -394,14 +502,11 @@ def resolve_paths(config: NicheConfig, base_dir: Path) -> NicheConfig:
             "engine_speeds": resolve(config.ladder.engine_speeds),
         }
     )
-    curate = config.pipeline.curate.model_copy(
-        update={"decontaminate": [resolve(path) for path in config.pipeline.curate.decontaminate]}
-    )
+    curate = config.curate.model_copy(update={"decontaminate": [resolve(path) for path in config.curate.decontaminate]})
     pipeline = config.pipeline.model_copy(
         update={
             "inputs": [resolve(path) for path in config.pipeline.inputs],
             "work_dir": resolve(config.pipeline.work_dir),
-            "curate": curate,
         }
     )
     grpo = config.grpo.model_copy(update={"start_from": resolve(config.grpo.start_from)})
@@ -415,11 +520,32 @@ def resolve_paths(config: NicheConfig, base_dir: Path) -> NicheConfig:
             "rag": rag,
             "ladder": ladder,
             "pipeline": pipeline,
+            "curate": curate,
         }
     )
 
 
-def _describe_validation_error(path: Path | None, error: ValidationError) -> str:
-    source = str(path) if path else "config"
+def _describe_validation_error(path: Path | None, error: ValidationError, source: str | None = None) -> str:
+    source = str(path) if path else source or "config"
     problems = [f"  {'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors()]
     return f"{source}: invalid configuration\n" + "\n".join(problems)
+
+
+# Sections niche.yaml may leave out (None), and what a command starts from then.
+OPTIONAL_SECTIONS: dict[str, Any] = {"synth": SynthSettings}
+
+
+def command_section(path: Path | None, name: str) -> Any:
+    """A command's settings before its flags: the named section of the niche.yaml at `path` (its paths resolved
+    against the file), else that section's defaults."""
+    config = load_config(path) if path is not None else NicheConfig()
+    section = getattr(config, name)
+    return section if section is not None else OPTIONAL_SECTIONS[name]()
+
+
+def parse_fractions(text: str, option: str) -> tuple[float, ...]:
+    """`0.7,0.15,0.15` as numbers, or a ConfigError naming the option."""
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError as error:
+        raise ConfigError(f"{option} {text!r}: expected comma-separated fractions") from error

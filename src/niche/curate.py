@@ -24,46 +24,19 @@ import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from niche.config import CurateSettings
 from niche.data.examples import Example
 from niche.data.formats import read_examples
 from niche.data.minhash import WORD, NearDuplicateIndex
 from niche.data.pii import redact
-from niche.errors import ConfigError, DataError
-from niche.io import atomic_directory, write_json_atomic, write_text_atomic
+from niche.errors import ConfigError, DataError, require_extra
+from niche.io import atomic_directory, write_json_atomic, write_jsonl_atomic, write_text_atomic
 
-ConflictPolicy = Literal["majority", "drop", "keep"]
 SPLITS = ("train", "validation", "test")
-
-
-@dataclass(frozen=True)
-class CurateSettings:
-    near_duplicate_threshold: float = 0.8
-    shingle_size: int = 3
-    num_perm: int = 128
-    conflicts: ConflictPolicy = "majority"
-    redact_pii: bool = False
-    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    seed: int = 0
-    max_chars: int = 20_000
-    decontaminate: tuple[Path, ...] = ()
-    ngram: int = 13
-    format: str = "auto"
-
-    def __post_init__(self) -> None:
-        if len(self.split) != 3 or any(part < 0 for part in self.split) or abs(sum(self.split) - 1) > 1e-6:
-            raise ConfigError(f"split: expected three non-negative fractions summing to 1, got {self.split}")
-        if self.conflicts not in ("majority", "drop", "keep"):
-            raise ConfigError(f"conflicts: expected majority, drop or keep, got {self.conflicts!r}")
-        if not 0 < self.near_duplicate_threshold <= 1:
-            raise ConfigError(
-                f"near_duplicate_threshold: expected a value in (0, 1], got {self.near_duplicate_threshold}"
-            )
-        if self.ngram < 1:
-            raise ConfigError(f"ngram: expected at least 1, got {self.ngram}")
 
 
 @dataclass
@@ -198,11 +171,41 @@ def _length_stats(values: list[int]) -> dict[str, float]:
 def curate(inputs: list[Path], out_dir: Path, settings: CurateSettings | None = None) -> CurateReport:
     """Run every stage and write train/validation/test.jsonl, rejects.jsonl, data_card.{json,md} atomically."""
     settings = settings or CurateSettings()
+    require_extra("train", ("scipy",), "curate (near-duplicate clustering)")
     if not inputs:
         raise ConfigError("curate: give at least one input file")
-    report = CurateReport([str(path) for path in inputs], {key: str(value) for key, value in asdict(settings).items()})
+    report = CurateReport(
+        [str(path) for path in inputs], {key: str(value) for key, value in settings.model_dump().items()}
+    )
     rejects: list[Reject] = []
+    examples = _read_inputs(inputs, settings, rejects, report)
+    kept = _normalize(examples, settings, rejects, report)
+    if settings.redact_pii:
+        counts: Counter[str] = Counter()
+        kept = [_map_text(example, lambda text: redact(text, counts)) for example in kept]
+        report.pii_redacted = dict(counts)
+    unique, votes = _drop_exact_duplicates(kept, rejects, report)
+    index = NearDuplicateIndex(
+        settings.near_duplicate_threshold, settings.num_perm, settings.shingle_size, settings.seed + 1
+    )
+    signatures = index.hasher.signatures([_conversation_text(example) for example in unique])
+    survivors = _resolve_near_duplicates(unique, votes, index, signatures, settings, rejects, report)
+    curated, curated_signatures = [unique[position] for position in survivors], signatures[survivors]
+    report.stages["after_near_dedup_and_conflicts"] = len(curated)
+    split_positions = _stratified_split([example.label for example in curated], settings.split, settings.seed)
+    splits = {name: [curated[position] for position in split_positions[name]] for name in SPLITS}
+    if settings.decontaminate:
+        _decontaminate(splits, split_positions, settings, rejects, report)
+    _drop_leakage(splits, split_positions, index, curated_signatures, rejects)
+    _summarise(splits, rejects, report)
+    _write(out_dir, splits, rejects, report)
+    return report
 
+
+def _read_inputs(
+    inputs: list[Path], settings: CurateSettings, rejects: list[Reject], report: CurateReport
+) -> list[Example]:
+    """Every input's rows in any of niche's shapes; unparseable lines are rejected with file:line."""
     examples: list[Example] = []
     for path in inputs:
         result = read_examples(path, settings.format)
@@ -211,8 +214,13 @@ def curate(inputs: list[Path], out_dir: Path, settings: CurateSettings | None = 
         examples += result.examples
     report.stages["read"] = len(examples) + sum(1 for reject in rejects if reject.stage == "parse")
     report.stages["parse_errors"] = len(rejects)
+    return examples
 
-    # 1. normalise, drop empty and over-long rows
+
+def _normalize(
+    examples: list[Example], settings: CurateSettings, rejects: list[Reject], report: CurateReport
+) -> list[Example]:
+    """Normalised text; empty and over-long rows rejected."""
     kept: list[Example] = []
     for example in examples:
         example = _map_text(example, normalize_text)
@@ -220,55 +228,51 @@ def curate(inputs: list[Path], out_dir: Path, settings: CurateSettings | None = 
         if not example.input_text or not example.response:
             rejects.append(Reject(example.source, "normalize", "empty input or answer", example_row(example)))
         elif size > settings.max_chars:
-            rejects.append(
-                Reject(
-                    example.source,
-                    "normalize",
-                    f"{size} characters > max_chars {settings.max_chars}",
-                    example_row(example),
-                )
-            )
+            why = f"{size} characters > max_chars {settings.max_chars}"
+            rejects.append(Reject(example.source, "normalize", why, example_row(example)))
         else:
             kept.append(example)
     report.stages["after_normalize"] = len(kept)
+    return kept
 
-    # 2. PII
-    if settings.redact_pii:
-        counts: Counter[str] = Counter()
-        kept = [_map_text(example, lambda text: redact(text, counts)) for example in kept]
-        report.pii_redacted = dict(counts)
 
-    # 3. exact duplicates
+def _drop_exact_duplicates(
+    kept: list[Example], rejects: list[Reject], report: CurateReport
+) -> tuple[list[Example], Counter[str]]:
+    """The first of each identical (input, answer) pair, and per kept row its votes: an exact duplicate still
+    counts as a vote for its answer in a conflict."""
     first_of: dict[str, Example] = {}
     unique: list[Example] = []
-    votes: Counter[str] = Counter()  # an exact duplicate still counts as a vote for its answer in a conflict
+    votes: Counter[str] = Counter()
     for example in kept:
         key = _digest(_conversation_text(example), example.response)
         votes[example.source if key not in first_of else first_of[key].source] += 1
         if key in first_of:
-            rejects.append(
-                Reject(
-                    example.source,
-                    "exact_duplicate",
-                    f"same input and answer as {first_of[key].source}",
-                    example_row(example),
-                )
-            )
+            why = f"same input and answer as {first_of[key].source}"
+            rejects.append(Reject(example.source, "exact_duplicate", why, example_row(example)))
         else:
             first_of[key] = example
             unique.append(example)
     report.stages["after_exact_dedup"] = len(unique)
+    return unique, votes
 
-    # 4. near duplicates and conflicts over the inputs
-    index = NearDuplicateIndex(
-        settings.near_duplicate_threshold, settings.num_perm, settings.shingle_size, settings.seed + 1
-    )
-    inputs_text = [_conversation_text(example) for example in unique]
-    signatures = index.hasher.signatures(inputs_text)
+
+def _resolve_near_duplicates(
+    unique: list[Example],
+    votes: Counter[str],
+    index: NearDuplicateIndex,
+    signatures: Any,
+    settings: CurateSettings,
+    rejects: list[Reject],
+    report: CurateReport,
+) -> list[int]:
+    """Positions of the rows that survive: one per cluster of near-duplicate inputs with one answer, and the
+    answers the conflict policy keeps where a cluster has several."""
     clusters = index.clusters_of(signatures)
     # Identical inputs are one cluster even when they have no words to shingle.
     by_input: dict[str, int] = {}
-    for position, text in enumerate(inputs_text):
+    for position, example in enumerate(unique):
+        text = _conversation_text(example)
         clusters[position] = min(clusters[position], by_input.setdefault(text, int(clusters[position])))
     members: dict[int, list[int]] = defaultdict(list)
     for position, cluster in enumerate(clusters.tolist()):
@@ -280,104 +284,116 @@ def curate(inputs: list[Path], out_dir: Path, settings: CurateSettings | None = 
             answers[unique[position].response] += votes[unique[position].source]
         if len(answers) == 1:
             survivors.append(positions[0])
-            for position in positions[1:]:
-                rejects.append(
-                    Reject(
-                        unique[position].source,
-                        "near_duplicate",
-                        f"near duplicate of {unique[positions[0]].source}",
-                        example_row(unique[position]),
-                    )
-                )
-            if len(positions) > 1 and len(report.near_duplicates) < 50:
-                report.near_duplicates.append(
-                    {
-                        "kept": example_row(unique[positions[0]]) | {"source": unique[positions[0]].source},
-                        "dropped": len(positions) - 1,
-                    }
-                )
-            continue
-        report.conflicts.append(
-            {
-                "rows": [
-                    example_row(unique[position]) | {"source": unique[position].source} for position in positions[:10]
-                ],
-                "answers": dict(answers),
-            }
-        )
-        ranked = answers.most_common()
-        if settings.conflicts == "keep":
-            chosen = {answer for answer, _ in ranked}
-        elif settings.conflicts == "majority" and ranked[0][1] > ranked[1][1]:
-            chosen = {ranked[0][0]}
+            _keep_first_near_duplicate(unique, positions, rejects, report)
         else:
-            chosen = set()
-        seen_answers: set[str] = set()
-        for position in positions:
-            answer = unique[position].response
-            if answer in chosen and answer not in seen_answers:
-                seen_answers.add(answer)
-                survivors.append(position)
-            elif answer in chosen:
-                rejects.append(
-                    Reject(
-                        unique[position].source,
-                        "near_duplicate",
-                        "near duplicate within a conflict group",
-                        example_row(unique[position]),
-                    )
-                )
-            else:
-                why = (
-                    "conflict: the same or near-same input has other answers, policy drop"
-                    if settings.conflicts == "drop"
-                    else f"conflict: minority answer (majority: {ranked[0][0]!r})"
-                    if chosen
-                    else "conflict: no majority answer among " + ", ".join(repr(answer) for answer, _ in ranked)
-                )
-                rejects.append(Reject(unique[position].source, "conflict", why, example_row(unique[position])))
-    survivors.sort()
-    curated = [unique[position] for position in survivors]
-    curated_signatures = signatures[survivors]
-    report.stages["after_near_dedup_and_conflicts"] = len(curated)
+            survivors += _resolve_conflict(unique, positions, answers, settings, rejects, report)
+    return sorted(survivors)
 
-    # 5/6. split, decontaminate the training split, check leakage
-    split_positions = _stratified_split([example.label for example in curated], settings.split, settings.seed)
-    splits = {name: [curated[position] for position in split_positions[name]] for name in SPLITS}
-    if settings.decontaminate:
-        benchmark = _benchmark_ngrams(settings.decontaminate, settings.ngram)
-        clean, clean_positions = [], []
-        for example, position in zip(splits["train"], split_positions["train"]):
-            text = _conversation_text(example) + "\n" + example.response
-            if _ngrams(text, settings.ngram) & benchmark:
-                rejects.append(
-                    Reject(
-                        example.source,
-                        "decontaminate",
-                        f"shares a {settings.ngram}-gram with the benchmark",
-                        example_row(example),
-                    )
-                )
-            else:
-                clean.append(example)
-                clean_positions.append(position)
-        splits["train"], split_positions["train"] = clean, clean_positions
-        report.stages["after_decontamination"] = sum(len(rows) for rows in splits.values())
+
+def _keep_first_near_duplicate(
+    unique: list[Example], positions: list[int], rejects: list[Reject], report: CurateReport
+) -> None:
+    kept = unique[positions[0]]
+    for position in positions[1:]:
+        why = f"near duplicate of {kept.source}"
+        rejects.append(Reject(unique[position].source, "near_duplicate", why, example_row(unique[position])))
+    if len(positions) > 1 and len(report.near_duplicates) < 50:
+        report.near_duplicates.append(
+            {"kept": example_row(kept) | {"source": kept.source}, "dropped": len(positions) - 1}
+        )
+
+
+def _resolve_conflict(
+    unique: list[Example],
+    positions: list[int],
+    answers: Counter[str],
+    settings: CurateSettings,
+    rejects: list[Reject],
+    report: CurateReport,
+) -> list[int]:
+    """The rows of a cluster with several answers that the conflict policy keeps (one per kept answer)."""
+    report.conflicts.append(
+        {
+            "rows": [
+                example_row(unique[position]) | {"source": unique[position].source} for position in positions[:10]
+            ],
+            "answers": dict(answers),
+        }
+    )
+    ranked = answers.most_common()
+    if settings.conflicts == "keep":
+        chosen = {answer for answer, _ in ranked}
+    elif settings.conflicts == "majority" and ranked[0][1] > ranked[1][1]:
+        chosen = {ranked[0][0]}
+    else:
+        chosen = set()
+    survivors: list[int] = []
+    seen_answers: set[str] = set()
+    for position in positions:
+        example = unique[position]
+        if example.response in chosen and example.response not in seen_answers:
+            seen_answers.add(example.response)
+            survivors.append(position)
+        elif example.response in chosen:
+            why = "near duplicate within a conflict group"
+            rejects.append(Reject(example.source, "near_duplicate", why, example_row(example)))
+        else:
+            why = (
+                "conflict: the same or near-same input has other answers, policy drop"
+                if settings.conflicts == "drop"
+                else f"conflict: minority answer (majority: {ranked[0][0]!r})"
+                if chosen
+                else "conflict: no majority answer among " + ", ".join(repr(answer) for answer, _ in ranked)
+            )
+            rejects.append(Reject(example.source, "conflict", why, example_row(example)))
+    return survivors
+
+
+def _decontaminate(
+    splits: dict[str, list[Example]],
+    split_positions: dict[str, list[int]],
+    settings: CurateSettings,
+    rejects: list[Reject],
+    report: CurateReport,
+) -> None:
+    """Training rows that share an n-gram with a benchmark leave the training split."""
+    benchmark = _benchmark_ngrams(settings.decontaminate, settings.ngram)
+    clean, clean_positions = [], []
+    for example, position in zip(splits["train"], split_positions["train"]):
+        text = _conversation_text(example) + "\n" + example.response
+        if _ngrams(text, settings.ngram) & benchmark:
+            why = f"shares a {settings.ngram}-gram with the benchmark"
+            rejects.append(Reject(example.source, "decontaminate", why, example_row(example)))
+        else:
+            clean.append(example)
+            clean_positions.append(position)
+    splits["train"], split_positions["train"] = clean, clean_positions
+    report.stages["after_decontamination"] = sum(len(rows) for rows in splits.values())
+
+
+def _drop_leakage(
+    splits: dict[str, list[Example]],
+    split_positions: dict[str, list[int]],
+    index: NearDuplicateIndex,
+    signatures: Any,
+    rejects: list[Reject],
+) -> None:
+    """Validation and test rows that duplicate (exactly or nearly) a training row leave their split."""
     train_keys = {_digest(_conversation_text(example)) for example in splits["train"]}
-    train_signatures = curated_signatures[split_positions["train"]]
+    train_signatures = signatures[split_positions["train"]]
     for name in ("validation", "test"):
-        held_out = splits[name]
-        near = index.matches(curated_signatures[split_positions[name]], train_signatures)
+        near = index.matches(signatures[split_positions[name]], train_signatures)
         keep_rows = []
-        for example, is_near in zip(held_out, near.tolist()):
+        for example, is_near in zip(splits[name], near.tolist()):
             if is_near or _digest(_conversation_text(example)) in train_keys:
-                rejects.append(
-                    Reject(example.source, "leakage", f"{name} row duplicates a training row", example_row(example))
-                )
+                why = f"{name} row duplicates a training row"
+                rejects.append(Reject(example.source, "leakage", why, example_row(example)))
             else:
                 keep_rows.append(example)
         splits[name] = keep_rows
 
+
+def _summarise(splits: dict[str, list[Example]], rejects: list[Reject], report: CurateReport) -> None:
     report.splits = {name: len(rows) for name, rows in splits.items()}
     report.labels = {
         name: dict(Counter(example.label for example in rows if example.label is not None).most_common())
@@ -390,19 +406,13 @@ def curate(inputs: list[Path], out_dir: Path, settings: CurateSettings | None = 
     }
     report.stages["rejected"] = report.rejects = len(rejects)
     report.stages["kept"] = len(everything)
-    _write(out_dir, splits, rejects, report)
-    return report
 
 
 def _write(out_dir: Path, splits: dict[str, list[Example]], rejects: list[Reject], report: CurateReport) -> None:
     with atomic_directory(Path(out_dir)) as staging:
         for name, rows in splits.items():
-            lines = [json.dumps(example_row(example), ensure_ascii=False) for example in rows]
-            write_text_atomic(staging / f"{name}.jsonl", "".join(line + "\n" for line in lines))
-        write_text_atomic(
-            staging / "rejects.jsonl",
-            "".join(json.dumps(asdict(reject), ensure_ascii=False) + "\n" for reject in rejects),
-        )
+            write_jsonl_atomic(staging / f"{name}.jsonl", (example_row(example) for example in rows))
+        write_jsonl_atomic(staging / "rejects.jsonl", (asdict(reject) for reject in rejects))
         write_json_atomic(staging / "data_card.json", asdict(report))
         write_text_atomic(staging / "data_card.md", data_card_markdown(report))
 

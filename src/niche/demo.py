@@ -8,7 +8,7 @@ from pathlib import Path
 from niche.config import load_config
 from niche.errors import ConfigError
 from niche.eval.evaluate import EvalReport, evaluate, write_report
-from niche.train.sft import TrainResult, train
+from niche.train import TrainResult, train
 
 DEFAULT_EXAMPLE = "cloudsec"
 

@@ -20,94 +20,35 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from niche.config import NicheConfig
-from niche.data.template import IGNORE_INDEX
-from niche.errors import ConfigError, ModelError
-from niche.io import atomic_directory
-from niche.train.engine import SupervisedOnlyTrainer
-from niche.train.loss import causal_lm_of, supports_supervised_only_logits
+from niche.config import NicheConfig, SynthSettings
+from niche.curate import curate
+from niche.data.examples import Example
+from niche.data.formats import load_examples
+from niche.data.prepare import prepare_data
+from niche.data.template import TemplateEncoder, system_prompt_with_labels
+from niche.errors import ConfigError, DataError, ModelError
+from niche.eval.generation import answer_examples
+from niche.hardware import detect_hardware
+from niche.io import atomic_directory, write_jsonl_atomic
+from niche.models import load_model, load_tokenizer, resolve_base
+from niche.specialist import (
+    is_specialist,
+    load_label_head,
+    load_specialist,
+    read_manifest,
+    require_generative,
+    resolve_specialist_base,
+)
+from niche.synth import Validator
+from niche.teachers import TeacherError, make_teacher
+from niche.train import train
+from niche.train.loss import causal_lm_of
 
 log = logging.getLogger(__name__)
-
-Divergence = Literal["forward_kl", "jsd"]
-
-
-def kd_loss_sum(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    kind: Divergence = "forward_kl",
-    beta: float = 0.5,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-) -> torch.Tensor:
-    """Summed divergence between teacher and student next-token distributions, one row per position."""
-    student = student_logits.float() / temperature
-    teacher = teacher_logits.float() / temperature
-    if top_k is not None and top_k < teacher.shape[-1]:
-        teacher, indices = teacher.topk(top_k, dim=-1)
-        student = student.gather(-1, indices)
-    log_student = F.log_softmax(student, dim=-1)
-    log_teacher = F.log_softmax(teacher, dim=-1)
-    if kind == "forward_kl":
-        divergence = (log_teacher.exp() * (log_teacher - log_student)).sum(-1)
-    elif kind == "jsd":
-        if not 0 < beta < 1:
-            raise ConfigError(f"distill.beta: the JSD mixes the two distributions, so 0 < beta < 1 (got {beta})")
-        mixture = torch.logsumexp(
-            torch.stack([log_teacher + torch.log(torch.tensor(beta)), log_student + torch.log(torch.tensor(1 - beta))]),
-            dim=0,
-        )
-        divergence = beta * (log_teacher.exp() * (log_teacher - mixture)).sum(-1) + (1 - beta) * (
-            log_student.exp() * (log_student - mixture)
-        ).sum(-1)
-    else:
-        raise ConfigError(f"distill.kind: expected forward_kl or jsd, got {kind!r}")
-    return divergence.sum() * temperature**2
-
-
-def supervised_positions_logits(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
-) -> torch.Tensor:
-    """Logits at the positions whose next token is supervised (prompt and padding never reach the vocabulary)."""
-    supervised = labels[:, 1:] != IGNORE_INDEX
-    if supports_supervised_only_logits(model):
-        causal_lm = causal_lm_of(model)
-        hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return causal_lm.get_output_embeddings()(hidden[:, :-1][supervised])
-    return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][supervised]
-
-
-class DistillTrainer(SupervisedOnlyTrainer):
-    """The SFT trainer with a teacher: alpha * cross-entropy + (1 - alpha) * KD on supervised positions."""
-
-    def __init__(self, *args: Any, teacher: Any, settings: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.teacher = teacher.eval()
-        self.settings = settings
-
-    def compute_loss(
-        self, model: Any, inputs: dict[str, torch.Tensor], return_outputs: bool = False, num_items_in_batch: Any = None
-    ) -> Any:
-        settings = self.settings
-        input_ids, attention_mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
-        student_logits = supervised_positions_logits(
-            self.accelerator.unwrap_model(model), input_ids, attention_mask, labels
-        )
-        with torch.no_grad():
-            teacher_logits = supervised_positions_logits(self.teacher, input_ids, attention_mask, labels)
-        targets = labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]
-        cross_entropy = F.cross_entropy(student_logits.float(), targets, reduction="sum")
-        kd = kd_loss_sum(
-            student_logits, teacher_logits, settings.kind, settings.beta, settings.temperature, settings.top_k
-        )
-        count = num_items_in_batch if num_items_in_batch is not None else targets.numel()
-        loss = (settings.alpha * cross_entropy + (1 - settings.alpha) * kd) / count
-        return (loss, {}) if return_outputs else loss
 
 
 def parse_student_layers(text: str) -> list[int] | str:
@@ -123,7 +64,6 @@ def parse_student_layers(text: str) -> list[int] | str:
 def student_from_layers(base: Any, keep: list[int] | str, target: Path) -> Path:
     """A smaller base: the teacher's base with only the decoder layers in `keep` (indices, or 'every_other'),
     saved (weights, config, tokenizer) as a local checkpoint directory niche can train on."""
-    from niche.models import load_model, load_tokenizer
 
     model = load_model(base, torch.float32, "cpu")
     layers = causal_lm_of(model).model.layers
@@ -147,7 +87,6 @@ def student_from_layers(base: Any, keep: list[int] | str, target: Path) -> Path:
 
 def distill_config(config: NicheConfig, teacher_dir: Path, student_base: Path | str) -> NicheConfig:
     """The student's training config: the teacher's prompt template, on the student base."""
-    from niche.specialist import read_manifest
 
     manifest = read_manifest(teacher_dir)
     prompt = config.prompt.model_copy(
@@ -160,9 +99,6 @@ def distill_logits(
     config: NicheConfig, teacher_dir: Path, student_layers: list[int] | str, *, show_progress: bool = True
 ) -> Any:
     """Make the student base from the teacher's, then train the student against the teacher's distributions."""
-    from niche.models import load_tokenizer, resolve_base
-    from niche.specialist import read_manifest, require_generative, resolve_specialist_base
-    from niche.train import train
 
     teacher_manifest = read_manifest(teacher_dir)
     require_generative(
@@ -184,7 +120,6 @@ def distill_logits(
 
 def read_unlabeled(path: Path) -> list[str]:
     """Inputs to label: JSONL rows with a `text` (or `prompt`/`input`) field, or one input per line of text."""
-    from niche.errors import DataError
 
     inputs = []
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
@@ -207,18 +142,11 @@ def read_unlabeled(path: Path) -> list[str]:
 
 
 def _is_specialist(teacher: Path | str) -> bool:
-    from niche.specialist import MANIFEST_NAME
-
-    return not str(teacher).startswith(("http://", "https://", "local:")) and (Path(teacher) / MANIFEST_NAME).is_file()
+    return not str(teacher).startswith(("http://", "https://", "local:")) and is_specialist(Path(teacher))
 
 
 def _specialist_answers(teacher_dir: Path, texts: list[str]) -> tuple[list[str | None], list[str] | None]:
     """A local specialist answers with its stored template, label specialists only within their label set."""
-    from niche.data.examples import Example
-    from niche.data.template import TemplateEncoder
-    from niche.eval.generation import answer_examples
-    from niche.hardware import detect_hardware
-    from niche.specialist import load_label_head, load_specialist, read_manifest
 
     manifest = read_manifest(teacher_dir)
     hardware = detect_hardware()
@@ -244,8 +172,6 @@ def _endpoint_answers(
     so one dead request costs one row, not the run."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
-
-    from niche.synth import TeacherError, make_teacher
 
     client = make_teacher(teacher, teacher_model)
     usage = {"prompt_tokens": 0, "completion_tokens": 0, "retries": 0}
@@ -293,13 +219,6 @@ def distill_sequences(
     label set, and the student inherits that template) or an OpenAI-compatible endpoint / `local:NAME`, which
     is sent the student's own system prompt; its answers must then be labels of the student's training data.
     Every input that does not become a training row is in `.NAME.distill/rejects.jsonl` with the reason."""
-    from niche.data.curate import curate
-    from niche.data.formats import load_examples
-    from niche.data.prepare import prepare_data
-    from niche.data.template import system_prompt_with_labels
-    from niche.io import write_text_atomic
-    from niche.synth import SynthSettings, Validator
-    from niche.train import train
 
     texts = read_unlabeled(inputs_path)
     usage: dict[str, int] = {}
@@ -334,8 +253,8 @@ def distill_sequences(
             continue
         rows.append(row | {"source": "distilled", "teacher": teacher_name})
     work = config.output_dir / f".{config.name}.distill"
-    write_text_atomic(work / "teacher_rows.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-    write_text_atomic(work / "rejects.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rejects))
+    write_jsonl_atomic(work / "teacher_rows.jsonl", rows)
+    write_jsonl_atomic(work / "rejects.jsonl", rejects)
     if len(rows) < 3:
         raise ModelError(
             f"the teacher gave only {len(rows)} usable answers for {len(texts)} inputs; see {work / 'rejects.jsonl'}"

@@ -44,3 +44,16 @@ def require_llama_cpp(purpose: str) -> None:
 
     if importlib.util.find_spec("llama_cpp") is None:
         raise ModelError(f"{purpose} needs llama-cpp-python, which is not installed: {LLAMA_CPP_INSTALL}")
+
+
+def require_extra(extra: str, modules: tuple[str, ...], purpose: str) -> None:
+    """Fail before any work starts when a module of one of niche's optional extras (pyproject.toml) is missing,
+    naming the extra that brings it."""
+    import importlib.util
+
+    missing = [module for module in modules if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ConfigError(
+            f"{purpose} needs niche's `{extra}` extra ({', '.join(missing)} not installed): "
+            f"pip install 'niche[{extra}]' (or 'niche[all]')"
+        )

@@ -24,8 +24,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,15 +34,36 @@ import torch
 
 from niche.data.template import TemplateEncoder
 from niche.errors import ConfigError, ModelError, NicheError, require_llama_cpp
+from niche.gguf import (
+    QUANT_FTYPES,
+    LlamaCppRunner,
+    Quant,
+    check_gguf_template,
+    convert_to_gguf,
+    gguf_metadata,
+    llama_cpp_source,
+    lora_gguf,
+    quantize_gguf,
+    shared_base_gguf,
+)
+from niche.head import classify, cut_at_layer
 from niche.io import atomic_directory, write_json_atomic, write_text_atomic
-from niche.specialist import SpecialistManifest, read_manifest, resolve_specialist_base
+from niche.metrics import HEADLINE_METRIC, SCORERS
+from niche.models import load_model, load_tokenizer
+from niche.specialist import (
+    SpecialistManifest,
+    load_label_head,
+    load_specialist,
+    load_test_examples,
+    read_manifest,
+    references_of,
+    resolve_specialist_base,
+)
+from niche.vllm_compat import vllm_command_for, vllm_problems
 
 log = logging.getLogger(__name__)
 
 Target = Literal["merged", "gguf", "ollama", "vllm"]
-Quant = Literal["f16", "q8_0", "q4_k_m"]
-QUANT_FTYPES = {"f16": 1, "q8_0": 7, "q4_k_m": 15}  # llama.cpp's LLAMA_FTYPE_MOSTLY_* values
-LLAMA_CPP_ENV = "NICHE_LLAMA_CPP_DIR"
 
 
 class ParityError(NicheError):
@@ -77,83 +96,6 @@ class ExportResult:
 # ---- llama.cpp ----------------------------------------------------------------------------------------------
 
 
-def llama_cpp_source() -> Path:
-    """llama.cpp's Python converters (convert_hf_to_gguf.py, convert_lora_to_gguf.py, conversion/, gguf-py/),
-    unpacked from the llama-cpp-python source distribution by `make llama-cpp`."""
-    candidates = [Path(os.environ[LLAMA_CPP_ENV])] if os.environ.get(LLAMA_CPP_ENV) else []
-    candidates.append(Path(sys.prefix) / "share" / "niche" / "llama.cpp")
-    for candidate in candidates:
-        if (candidate / "convert_hf_to_gguf.py").is_file() and (candidate / "gguf-py").is_dir():
-            return candidate
-    raise ConfigError(
-        "GGUF export needs llama.cpp's converters: run `make llama-cpp` (it unpacks them from the llama-cpp-python "
-        f"source into {candidates[-1]}), or point {LLAMA_CPP_ENV} at a llama.cpp checkout"
-    )
-
-
-def _run_converter(script: str, arguments: list[str]) -> None:
-    source = llama_cpp_source()
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(source / "gguf-py"), str(source)])}
-    completed = subprocess.run(
-        [sys.executable, str(source / script), *arguments], capture_output=True, text=True, env=env, check=False
-    )
-    if completed.returncode != 0:
-        tail = "\n".join(completed.stderr.strip().splitlines()[-15:])
-        raise ModelError(f"llama.cpp {script} failed (exit {completed.returncode}):\n{tail}")
-
-
-def convert_to_gguf(model_dir: Path, out_file: Path) -> Path:
-    """An F16 GGUF of a Hugging Face checkpoint directory."""
-    _run_converter("convert_hf_to_gguf.py", [str(model_dir), "--outtype", "f16", "--outfile", str(out_file)])
-    return out_file
-
-
-def convert_lora_to_gguf(adapter_dir: Path, base_dir: Path, out_file: Path) -> Path:
-    _run_converter(
-        "convert_lora_to_gguf.py",
-        [str(adapter_dir), "--base", str(base_dir), "--outtype", "f16", "--outfile", str(out_file)],
-    )
-    return out_file
-
-
-def quantize_gguf(source: Path, target: Path, quant: Quant) -> Path:
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = QUANT_FTYPES[quant]
-    params.nthread = os.cpu_count() or 1
-    if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params) != 0:
-        raise ModelError(f"llama.cpp could not quantize {source} to {quant}")
-    return target
-
-
-def gguf_metadata(path: Path) -> dict[str, Any]:
-    """The GGUF's chat template, stop tokens and tensor types (for the bits-per-weight report)."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(path))
-
-    def value(key: str) -> Any:
-        field_ = reader.fields.get(key)
-        if field_ is None:
-            return None
-        content = field_.parts[field_.data[0]]
-        return bytes(content).decode() if field_.types and field_.types[0].name == "STRING" else content.tolist()[0]
-
-    parameters = sum(int(np.prod(tensor.shape)) for tensor in reader.tensors)
-    types: dict[str, int] = {}
-    for tensor in reader.tensors:
-        types[tensor.tensor_type.name] = types.get(tensor.tensor_type.name, 0) + int(np.prod(tensor.shape))
-    return {
-        "chat_template": value("tokenizer.chat_template"),
-        "eos_token_id": value("tokenizer.ggml.eos_token_id"),
-        "eot_token_id": value("tokenizer.ggml.eot_token_id"),
-        "parameters": parameters,
-        "bits_per_weight": round(path.stat().st_size * 8 / parameters, 2),
-        "tensor_types": types,
-    }
-
-
 # ---- greedy runners for parity ----------------------------------------------------------------------------
 
 
@@ -179,40 +121,6 @@ class TorchRunner:
         return generated, first
 
 
-class LlamaCppRunner:
-    """Greedy decoding with llama.cpp (a GGUF model, optionally with a GGUF LoRA applied)."""
-
-    def __init__(self, model_path: Path, lora_path: Path | None = None, n_ctx: int = 1024) -> None:
-        from llama_cpp import Llama
-
-        self.llm = Llama(
-            model_path=str(model_path),
-            lora_path=str(lora_path) if lora_path else None,
-            n_ctx=n_ctx,
-            verbose=False,
-            n_threads=os.cpu_count() or 1,
-        )
-
-    def greedy(self, prompt: list[int], max_new_tokens: int, stop_ids: set[int]) -> tuple[list[int], np.ndarray]:
-        from niche.serve.llamacpp import last_logits
-
-        self.llm.reset()
-        self.llm.eval(prompt)
-        first = last_logits(self.llm)
-        logits, generated = first, []
-        for _ in range(max_new_tokens):
-            token = int(np.argmax(logits))
-            if token in stop_ids:
-                break
-            generated.append(token)
-            self.llm.eval([token])
-            logits = last_logits(self.llm)
-        return generated, first
-
-    def close(self) -> None:
-        self.llm.close()
-
-
 # ---- parity -------------------------------------------------------------------------------------------------
 
 
@@ -230,10 +138,8 @@ def parity_inputs(
     specialist_dir: Path, manifest: SpecialistManifest, data: Path | None, rows: int, max_new_tokens: int
 ) -> ParityInputs:
     """The held-out prompts and what the trained model (PEFT, fp32) answers to them."""
-    from niche.eval.evaluate import load_test_examples, references_of
-    from niche.specialist import load_specialist
 
-    data = data or (Path(manifest.config["data"]["test"]) if manifest.config.get("data", {}).get("test") else None)
+    data = data or manifest.trained_config().data.test
     if data is None or not Path(data).is_file():
         raise ConfigError(
             f"export parity needs held-out examples: pass --data FILE (the specialist's data.test is {data})"
@@ -253,8 +159,6 @@ def parity_inputs(
 def measure_parity(
     variant: str, runner: Any, inputs: ParityInputs, tokenizer: Any, manifest: SpecialistManifest
 ) -> Parity:
-    from niche.eval.metrics import HEADLINE_METRIC, SCORERS
-
     identical, largest, divergence, texts = 0, 0.0, [], []
     for prompt, expected, expected_logits in zip(inputs.prompts, inputs.reference_outputs, inputs.reference_logits):
         produced, logits = runner.greedy(prompt, inputs.max_new_tokens, inputs.stop_ids)
@@ -315,8 +219,6 @@ def merge_into_base(specialist_dir: Path, out_dir: Path) -> Any:
     """The adapter merged into the fp32 base, saved with its tokenizer and the stored chat template."""
     from peft import PeftModel
 
-    from niche.models import load_model, load_tokenizer
-
     manifest = read_manifest(specialist_dir)
     base = resolve_specialist_base(manifest)
     model = PeftModel.from_pretrained(load_model(base, torch.float32, "cpu"), str(specialist_dir)).merge_and_unload()
@@ -334,6 +236,12 @@ def _file_sizes(directory: Path) -> dict[str, int]:
     return {path.name: path.stat().st_size for path in sorted(directory.iterdir()) if path.is_file()}
 
 
+def default_export_dir(specialist_dir: Path, target: str, quant: str) -> Path:
+    """Where an export goes when no directory is given: `exports/NAME-TARGET[-QUANT]` beside the specialist."""
+    suffix = f"-{quant}" if target in ("gguf", "ollama") else ""
+    return Path(specialist_dir).parent / "exports" / f"{Path(specialist_dir).name}-{target}{suffix}"
+
+
 def export_specialist(
     specialist_dir: Path,
     target: Target,
@@ -347,7 +255,6 @@ def export_specialist(
     max_metric_drop: float = 0.02,
 ) -> ExportResult:
     """Export one specialist and prove it still answers like the trained model; written whole or not at all."""
-    from niche.models import load_tokenizer
 
     specialist_dir = Path(specialist_dir)
     manifest = read_manifest(specialist_dir)
@@ -450,49 +357,6 @@ def _export_gguf(
         "tensor_types": metadata["tensor_types"],
         "stop_token_ids": checked,
     }
-
-
-def check_gguf_template(path: Path, manifest: SpecialistManifest) -> list[int]:
-    """The GGUF carries the specialist's chat template and stops on its end-of-turn token (PITFALLS: exports
-    that lose the template or the stop token ramble)."""
-    metadata = gguf_metadata(path)
-    if metadata["chat_template"] != manifest.template.chat_template:
-        raise ModelError(f"{path.name}: the embedded chat template differs from the specialist's stored one")
-    stops = {metadata["eos_token_id"], metadata["eot_token_id"]} - {None}
-    missing = set(manifest.template.stop_token_ids) - stops
-    if missing and not stops & set(manifest.template.stop_token_ids):
-        raise ModelError(
-            f"{path.name}: stops on {sorted(stops)} but the specialist ends its turns with {sorted(missing)}"
-        )
-    return sorted(stops)
-
-
-def shared_base_gguf(base: Any) -> Path:
-    """The F16 GGUF of the base, converted once per base and cached beside the converted checkpoint."""
-    from niche.models import cache_root
-
-    target = cache_root() / "gguf" / f"{base.weights_sha256[:16]}-f16.gguf"
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".partial")
-        convert_to_gguf(base.directory, partial)
-        os.replace(partial, target)
-    return target
-
-
-def lora_gguf(specialist_dir: Path, base: Any) -> Path:
-    """The specialist's adapter as a GGUF LoRA (F16), converted once per adapter content and cached."""
-    from niche.io import sha256_of_file
-    from niche.models import cache_root
-
-    digest = sha256_of_file(Path(specialist_dir) / "adapter_model.safetensors")[:16]
-    target = cache_root() / "gguf" / f"lora-{digest}-{base.weights_sha256[:8]}.gguf"
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".partial")
-        convert_lora_to_gguf(Path(specialist_dir), base.directory, partial)
-        os.replace(partial, target)
-    return target
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -600,13 +464,9 @@ def _export_head_merged(
 ) -> ExportResult:
     """The adapter merged into the whole fp32 base, with the head beside it; the merged model's head predictions
     must match the trained specialist's on the held-out rows."""
-    from niche.eval.evaluate import load_test_examples, references_of
-    from niche.eval.metrics import HEADLINE_METRIC, SCORERS
-    from niche.head import classify, cut_at_layer
-    from niche.specialist import load_label_head, load_specialist
 
     assert manifest.task.head is not None and manifest.task.labels is not None
-    data = data or (Path(manifest.config["data"]["test"]) if manifest.config.get("data", {}).get("test") else None)
+    data = data or manifest.trained_config().data.test
     if data is None or not Path(data).is_file():
         raise ConfigError(
             f"export parity needs held-out examples: pass --data FILE (the specialist's data.test is {data})"
@@ -666,8 +526,6 @@ def _export_head_merged(
 
 
 def _export_vllm(specialist_dir: Path, manifest: SpecialistManifest, out_dir: Path) -> ExportResult:
-    from niche.serve.vllm import vllm_command_for, vllm_problems
-
     adapter_config = json.loads((specialist_dir / "adapter_config.json").read_text())
     problems = vllm_problems(manifest, adapter_config)
     if problems:

@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,15 @@ def _umask() -> int:
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def jsonl_text(rows: Iterable[Any]) -> str:
+    """One JSON object per line, non-ASCII kept as written."""
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def write_jsonl_atomic(path: Path, rows: Iterable[Any]) -> None:
+    write_text_atomic(path, jsonl_text(rows))
 
 
 def sha256_of_file(path: Path, chunk_size: int = 1 << 22) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from niche.errors import ModelError
+from niche.errors import ConfigError, ModelError
 from niche.io import atomic_directory, sha256_of_file, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -235,7 +235,6 @@ def prepare_for_inference(model: Any) -> Any:
 
 def four_bit_config(compute_dtype: Any, device: str) -> Any:
     """NF4 with double quantization, as in the QLoRA paper; bitsandbytes is imported only here."""
-    from niche.errors import ConfigError
 
     if device != "cuda":
         raise ConfigError(

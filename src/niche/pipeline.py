@@ -26,9 +26,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from niche import tracking
 from niche.config import NicheConfig
+from niche.curate import curate, example_row
+from niche.data.formats import load_examples
 from niche.errors import ConfigError, NicheError
-from niche.io import atomic_directory, sha256_of_file, write_json_atomic, write_text_atomic
+from niche.eval import evaluate, write_report
+from niche.hardware import detect_hardware
+from niche.io import atomic_directory, sha256_of_file, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from niche.models import load_model, load_tokenizer, prepare_for_inference
+from niche.probes import everyday_questions, multiple_choice_accuracy, relative_change
+from niche.specialist import is_specialist, load_specialist, read_manifest, resolve_specialist_base
+from niche.synth import synthesize
+from niche.teachers import teacher_of
+from niche.tracking import tracked_run
+from niche.train import train
 
 log = logging.getLogger(__name__)
 
@@ -147,32 +159,19 @@ class StageContext:
 
 
 def _curate(context: StageContext) -> tuple[str, Callable[[], tuple[dict, dict]]] | None:
-    from niche.data.curate import CurateSettings, curate
-
     settings = context.config.pipeline
     if not settings.inputs:
         return None
     files = example_files(settings.inputs)
     if not files:
         raise ConfigError(f"pipeline.inputs: no {'/'.join(EXAMPLE_SUFFIXES)} files in {settings.inputs}")
-    options = settings.curate
+    # The pipeline's inputs are the specialist's data: they are read in data.format.
+    options = context.config.curate.updated(format=context.config.data.format)
     stage_fingerprint = fingerprint("curate", options.model_dump(mode="json"), _file_hashes(files))
 
     def work() -> tuple[dict, dict]:
         out = context.work_dir / "curated"
-        report = curate(
-            files,
-            out,
-            CurateSettings(
-                near_duplicate_threshold=options.near_duplicate_threshold,
-                conflicts=options.conflicts,
-                redact_pii=options.redact_pii,
-                split=options.split,
-                seed=options.seed,
-                decontaminate=tuple(options.decontaminate),
-                format=context.config.data.format,
-            ),
-        )
+        report = curate(files, out, options)
         outputs = {split: out / f"{split}.jsonl" for split in ("train", "validation", "test")}
         return outputs, {"files": len(files), "stages": report.stages, "splits": report.splits}
 
@@ -188,13 +187,11 @@ def _data_paths(context: StageContext) -> dict[str, Path | None]:
 
 
 def _synth(context: StageContext) -> tuple[str, Callable[[], tuple[dict, dict]]] | None:
-    from niche.data.curate import example_row
-    from niche.data.formats import load_examples
-    from niche.synth import SynthSettings, make_teacher, synthesize
-
-    options = context.config.pipeline.synth
+    options = context.config.synth
     if options is None:
         return None
+    if options.teacher is None:
+        raise ConfigError("synth.teacher: the pipeline's synth stage needs a teacher (a base URL or local:NAME)")
     splits = _data_paths(context)
     train_path = splits["train"]
     stage_fingerprint = fingerprint("synth", options.model_dump(mode="json"), sha256_of_file(train_path))
@@ -202,20 +199,13 @@ def _synth(context: StageContext) -> tuple[str, Callable[[], tuple[dict, dict]]]
     def work() -> tuple[dict, dict]:
         out = context.work_dir / "synth"
         shutil.rmtree(out, ignore_errors=True)  # synth resumes from its own progress file; a new input starts over
-        teacher_options = {} if options.teacher.startswith("local:") else {"api_key_env": options.api_key_env}
-        teacher = make_teacher(options.teacher, options.model, **teacher_options)
-        report = synthesize(
-            train_path,
-            teacher,
-            out / "rows.jsonl",
-            SynthSettings(n=options.n, per_request=options.per_request, judge=options.judge),
-            test_path=splits["test"],
-        )
+        teacher = teacher_of(options)
+        report = synthesize(train_path, teacher, out / "rows.jsonl", options, test_path=splits["test"])
         rows = [example_row(example) for example in load_examples(train_path).examples]
         if report.accepted:
             rows += [example_row(example) for example in load_examples(out / "rows.jsonl").examples]
         merged = out / "train.jsonl"
-        write_text_atomic(merged, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        write_jsonl_atomic(merged, rows)
         summary = {"accepted": report.accepted, "rejected": report.rejected, "cost": report.cost, "rows": len(rows)}
         return {"train": merged}, summary
 
@@ -230,8 +220,6 @@ def _training_inputs(context: StageContext) -> dict[str, Path | None]:
 
 
 def _train(context: StageContext) -> tuple[str, Callable[[], tuple[dict, dict]]]:
-    from niche.train import train
-
     splits = _training_inputs(context)
     if splits["train"] is None:
         raise ConfigError("pipeline: nothing to train on: set pipeline.inputs (curated) or data.train")
@@ -273,8 +261,6 @@ def _held_out(context: StageContext) -> Path:
 
 
 def _eval(context: StageContext) -> tuple[str, Callable[[], tuple[dict, dict]]]:
-    from niche.eval import evaluate, write_report
-
     candidate = Path(context.upstream["train"]["specialist"])
     test = _held_out(context)
     stage_fingerprint = fingerprint("eval", _specialist_hash(candidate), sha256_of_file(test))
@@ -297,7 +283,6 @@ def _eval(context: StageContext) -> tuple[str, Callable[[], tuple[dict, dict]]]:
 def _champion_dir(context: StageContext) -> tuple[Path | None, str | None]:
     """Where the current champion is: the registry's `champion` version (downloaded), or, without tracking,
     the specialist deployed at output_dir/NAME."""
-    from niche import tracking
 
     config = context.config
     if tracking.tracking_enabled(config.tracking.enabled):
@@ -305,20 +290,16 @@ def _champion_dir(context: StageContext) -> tuple[Path | None, str | None]:
         if version is None:
             return None, None
         target = context.work_dir / "champions" / f"v{version.version}" / config.name
-        if not (target / "niche.json").is_file():
+        if not is_specialist(target):
             tracking.deploy(version, target)
         return target, version.version
     deployed = config.specialist_dir
-    return (deployed, None) if (deployed / "niche.json").is_file() else (None, None)
+    return (deployed, None) if is_specialist(deployed) else (None, None)
 
 
 def _probe_accuracy(specialist_dir: Path | None, questions: list[Any], base_of: Path) -> float:
     """Everyday multiple-choice accuracy of a specialist, or of the bare base when there is none. A label head
     never generates: every other request is answered by the unchanged base, so its score is the base's."""
-    from niche.hardware import detect_hardware
-    from niche.models import load_model, load_tokenizer, prepare_for_inference
-    from niche.probes import multiple_choice_accuracy
-    from niche.specialist import load_specialist, read_manifest, resolve_specialist_base
 
     hardware = detect_hardware()
     manifest = read_manifest(specialist_dir or base_of)
@@ -341,7 +322,6 @@ def gate_decision(
 ) -> tuple[bool, str]:
     """Promote when the candidate beats the champion (any candidate beats no champion) and keeps its everyday
     knowledge within the threshold."""
-    from niche.probes import relative_change
 
     change = relative_change(reference_probe, candidate_probe)
     if champion is not None and candidate <= champion + min_improvement:
@@ -361,9 +341,6 @@ def gate_decision(
 
 
 def _gate(context: StageContext) -> tuple[str, Callable[[], tuple[dict, dict]]]:
-    from niche.eval import evaluate
-    from niche.probes import everyday_questions
-
     settings = context.config.pipeline.gate
     candidate = Path(context.upstream["train"]["specialist"])
     evaluation = context.upstream["eval"]["summary"]
@@ -409,8 +386,6 @@ def _gate(context: StageContext) -> tuple[str, Callable[[], tuple[dict, dict]]]:
 
 
 def _register(context: StageContext) -> tuple[str, Callable[[], tuple[dict, dict]]]:
-    from niche import tracking
-
     config = context.config
     candidate = Path(context.upstream["train"]["specialist"])
     decision = context.upstream["gate"]["summary"]
@@ -454,7 +429,6 @@ def run_pipeline(
     config: NicheConfig, *, only: str | None = None, force: bool = False, show_progress: bool = True
 ) -> PipelineResult:
     """Run every stage whose inputs changed (all of them with `force`; just `only` when given)."""
-    from niche.tracking import tracked_run
 
     if only is not None and only not in STAGES:
         raise ConfigError(f"--stage {only!r}: expected one of {', '.join(STAGES)}")

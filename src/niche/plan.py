@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from niche.hardware import cpu_has_native_bf16
+from niche.models import resolve_base
 
 Method = Literal["full", "lora", "qlora"]
 GIB = 2**30
@@ -274,6 +275,5 @@ def resolve_shape(model: str) -> Shape:
 
     if model in SHAPES:
         return SHAPES[model]
-    from niche.models import resolve_base
 
     return shape_from_config(json.loads((resolve_base(model).directory / "config.json").read_text()))

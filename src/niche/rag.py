@@ -22,12 +22,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from niche.errors import ConfigError, DataError
+from niche.data.documents import chunk_text, document_paths, read_document
+from niche.embed import load_embedder
+from niche.errors import ConfigError, DataError, require_extra
 from niche.io import atomic_directory
 
 SearchMode = Literal["vector", "bm25", "hybrid"]
 INDEX_FILE = "index.sqlite"
-DOCUMENT_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".pdf"}
 RRF_K = 60  # reciprocal-rank-fusion constant from Cormack et al. (2009)
 
 
@@ -44,63 +45,6 @@ class Hit:
     score: float
 
 
-def chunk_text(text: str, size: int = 800, overlap: int = 150) -> list[str]:
-    """Paragraph-aligned passages of at most `size` characters, each starting with about `overlap`
-    characters of the previous one, so an answer that spans a boundary is whole in one of them."""
-    if overlap >= size:
-        raise ConfigError(f"chunk overlap ({overlap}) must be smaller than the chunk size ({size})")
-    paragraphs = [part.strip() for part in re.split(r"\n\s*\n", text) if part.strip()]
-    passages: list[str] = []
-    current = ""
-    for paragraph in paragraphs:
-        while len(paragraph) > size:  # one paragraph longer than a passage: cut it
-            passages.append(paragraph[:size])
-            paragraph = paragraph[size - overlap :]
-        if current and len(current) + len(paragraph) + 2 > size:
-            passages.append(current)
-            tail = current[-overlap:] if overlap else ""
-            tail = tail[tail.find(" ") + 1 :] if " " in tail else tail  # start the overlap on a word
-            current = tail if len(tail) + len(paragraph) + 2 <= size else ""
-        current = f"{current}\n\n{paragraph}" if current else paragraph
-    if current:
-        passages.append(current)
-    return passages
-
-
-def read_document(path: Path) -> str:
-    """Text of a .txt/.md/.rst file, or the extracted text of a PDF (pypdf)."""
-    if path.suffix.lower() == ".pdf":
-        try:
-            from pypdf import PdfReader
-        except ImportError as error:
-            raise ConfigError("PDF documents need pypdf: pip install pypdf") from error
-        try:
-            return "\n\n".join(page.extract_text() or "" for page in PdfReader(str(path)).pages)
-        except Exception as error:  # noqa: BLE001 - pypdf raises many types for broken files
-            raise DataError(path, f"cannot extract text from this PDF ({error})") from error
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise DataError(path, f"not UTF-8 text (byte {error.start}); expected .txt, .md, .rst or .pdf") from error
-
-
-def document_paths(inputs: Sequence[Path]) -> list[Path]:
-    paths: list[Path] = []
-    for item in inputs:
-        item = Path(item)
-        if item.is_dir():
-            paths += sorted(path for path in item.rglob("*") if path.suffix.lower() in DOCUMENT_SUFFIXES)
-        elif item.is_file():
-            paths.append(item)
-        else:
-            raise DataError(item, "no such file or directory")
-    if not paths:
-        raise DataError(
-            Path(inputs[0]) if inputs else Path("."), f"no documents ({', '.join(sorted(DOCUMENT_SUFFIXES))})"
-        )
-    return paths
-
-
 def chunk_documents(inputs: Sequence[Path], size: int = 800, overlap: int = 150) -> list[Chunk]:
     chunks: list[Chunk] = []
     for path in document_paths(inputs):
@@ -110,11 +54,10 @@ def chunk_documents(inputs: Sequence[Path], size: int = 800, overlap: int = 150)
 
 
 def _connect(path: Path) -> Any:
-    try:
-        import apsw
-        import sqlite_vec
-    except ImportError as error:
-        raise ConfigError("retrieval needs apsw and sqlite-vec: pip install apsw sqlite-vec") from error
+    require_extra("rag", ("apsw", "sqlite_vec"), "retrieval")
+    import apsw
+    import sqlite_vec
+
     connection = apsw.Connection(str(path))
     connection.enable_load_extension(True)
     connection.load_extension(sqlite_vec.loadable_path())
@@ -131,8 +74,6 @@ def _fts_query(text: str) -> str:
 class Embedder:
     def __init__(self, model: Any | None = None) -> None:
         if model is None:
-            from niche.embed import load_embedder
-
             model = load_embedder()
         self.model = model
 

@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
+from niche.config import NicheConfig
+from niche.data.examples import Example
+from niche.data.formats import load_examples
+from niche.data.tasks import check_labels_known, label_of
 from niche.data.template import PromptTemplate
 from niche.errors import ConfigError, ModelError
+from niche.head import cut_at_layer, load_head
+from niche.io import atomic_directory, write_json_atomic, write_jsonl_atomic
+from niche.models import load_model, load_tokenizer, prepare_for_inference, resolve_base
 
 MANIFEST_NAME = "niche.json"
 # 2: a label specialist may classify with a head (task.head), a JSON specialist carries its output schema.
@@ -76,7 +84,18 @@ class SpecialistManifest(BaseModel):
     rejected_rows: int = 0
     hardware: str
     versions: dict[str, str]
-    config: dict[str, Any]
+    config: dict[str, Any]  # the niche.yaml it was trained with, as stored; typed by `trained_config()`
+
+    def trained_config(self) -> NicheConfig:
+        """The configuration the specialist was trained with, validated by the model that validated it then, so
+        readers get its settings and their defaults from one place (`niche.config`), never literals of their own."""
+        try:
+            return NicheConfig.model_validate(self.config)
+        except ValidationError as error:
+            raise ModelError(
+                f"specialist {self.name!r}: its stored config (niche.json `config`) does not match this niche's "
+                f"settings: {error}; retrain it, or use the niche version that wrote it ({self.versions.get('niche')})"
+            ) from error
 
 
 def library_versions() -> dict[str, str]:
@@ -107,7 +126,6 @@ def read_manifest(specialist_dir: Path) -> SpecialistManifest:
 
 def resolve_specialist_base(manifest: SpecialistManifest) -> Any:
     """The base checkpoint the specialist was trained on, refusing one whose weights changed since."""
-    from niche.models import resolve_base
 
     base = resolve_base(manifest.base.spec)
     if base.weights_sha256 != manifest.base.weights_sha256:
@@ -123,15 +141,11 @@ def load_specialist(specialist_dir: Path, device: str, dtype: Any) -> tuple[Any,
     `prepare_for_inference`)."""
     from peft import PeftModel
 
-    from niche.models import load_model, load_tokenizer, prepare_for_inference
-
     manifest = read_manifest(specialist_dir)
     base = resolve_specialist_base(manifest)
     tokenizer = load_tokenizer(base)
     base_model = load_model(base, dtype, device)
     if manifest.task.head is not None:
-        from niche.head import cut_at_layer
-
         # A label head reads one layer's output: the layers past it are never needed.
         base_model = cut_at_layer(base_model, manifest.task.head.layer)
     model = PeftModel.from_pretrained(base_model, str(specialist_dir))
@@ -150,7 +164,6 @@ def load_label_head(specialist_dir: Path, manifest: SpecialistManifest, model: A
     record = manifest.task.head
     if record is None:
         return None
-    from niche.head import load_head
 
     if record.pooling != "mean":
         raise ModelError(
@@ -158,3 +171,61 @@ def load_label_head(specialist_dir: Path, manifest: SpecialistManifest, model: A
         )
     hidden_size = model.get_base_model().config.hidden_size
     return load_head(Path(specialist_dir), hidden_size, len(manifest.task.labels or []), record.file).to(model.device)
+
+
+def load_test_examples(path: Path, manifest: SpecialistManifest) -> list[Example]:
+    """Held-out rows read the way the specialist was trained to read them (its format, fields and labels)."""
+    fields = manifest.trained_config().data.fields
+    examples = load_examples(path, manifest.task.data_format, fields).examples
+    if manifest.task.kind == "label" and manifest.task.labels:
+        check_labels_known(examples, manifest.task.labels)
+    return examples
+
+
+def references_of(examples: list[Example], task_kind: str) -> list[str]:
+    """What a correct answer to each row is: its label for label tasks, else its response."""
+    return [label_of(example) if task_kind == "label" else example.response for example in examples]
+
+
+def is_specialist(directory: Path) -> bool:
+    """A directory niche wrote as a specialist: it holds a niche.json manifest."""
+    return (Path(directory) / MANIFEST_NAME).is_file()
+
+
+def write_specialist(
+    target: Path,
+    save_weights: Callable[[Path], None],
+    tokenizer: Any,
+    base_directory: Path,
+    manifest: SpecialistManifest,
+    rejects: list[dict[str, Any]],
+    log_history: list[dict[str, Any]],
+) -> None:
+    """The one way a specialist directory is written: weights (by `save_weights`), the tokenizer carrying the exact
+    chat template, the manifest, rejected rows and the loss log, staged and renamed into place whole."""
+    with atomic_directory(target) as staging:
+        save_weights(staging)
+        tokenizer.chat_template = manifest.template.chat_template
+        tokenizer.save_pretrained(staging)
+        _point_adapter_at_base(staging, base_directory)
+        write_json_atomic(staging / "training_log.json", log_history)
+        if rejects:
+            write_jsonl_atomic(staging / "rejects.jsonl", rejects)
+        write_json_atomic(staging / MANIFEST_NAME, json.loads(manifest.model_dump_json()))
+
+
+def _point_adapter_at_base(directory: Path, base_directory: Path) -> None:
+    """PEFT records the path it loaded from; keep the checkpoint directory so PeftModel.from_pretrained finds it."""
+    config_path = directory / "adapter_config.json"
+    adapter_config = json.loads(config_path.read_text())
+    adapter_config["base_model_name_or_path"] = str(base_directory)
+    write_json_atomic(config_path, adapter_config)
+
+
+def discover_specialists(directory: Path) -> dict[str, tuple[Path, SpecialistManifest]]:
+    """Every subdirectory holding a niche.json, by specialist name."""
+    found = {}
+    for manifest_path in sorted(Path(directory).glob(f"*/{MANIFEST_NAME}")):
+        manifest = read_manifest(manifest_path.parent)
+        found[manifest.name] = (manifest_path.parent, manifest)
+    return found

@@ -26,24 +26,24 @@ import os
 import random
 import re
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import numpy as np
 
+from niche.config import SynthSettings
+from niche.data.documents import chunk_text, document_paths, read_document
 from niche.data.examples import Example
 from niche.data.formats import load_examples, read_examples
 from niche.data.minhash import NearDuplicateIndex
-from niche.errors import ConfigError, NicheError
-from niche.io import write_json_atomic, write_text_atomic
-from niche.rag import chunk_text, document_paths, read_document
+from niche.errors import ConfigError
+from niche.io import jsonl_text, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from niche.teachers import Teacher, TeacherError, TeacherReply
 
-Strategy = Literal["variations", "documents"]
 SEED_REJECTS = "seeds"  # request id under which malformed seed rows are kept in the rejects file
 
 VARIATIONS_LABEL_PROMPT = """You write training data for a text classifier.
@@ -75,210 +75,6 @@ Answer with JSON only: {{"items": [{{"question": "...", "answer": "..."}}, ...]}
 JUDGE_PROMPT = """Rate this training example for a {task} task from 1 (wrong or useless) to 5 (correct and useful).
 {example}
 Answer with JSON only: {{"score": N, "reason": "..."}}"""
-
-
-class TeacherError(NicheError):
-    """The teacher could not be reached or kept failing after retries."""
-
-
-@dataclass
-class TeacherReply:
-    text: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    retries: int = 0
-
-
-class Teacher(Protocol):
-    name: str
-
-    def complete(
-        self,
-        prompt: str,
-        *,
-        temperature: float,
-        max_tokens: int,
-        seed: int,
-        schema: dict[str, Any] | None,
-        system: str | None = None,
-    ) -> TeacherReply: ...
-
-
-class OpenAITeacher:
-    """An OpenAI-compatible chat endpoint; retries 429, 5xx, timeouts and connection errors with backoff."""
-
-    def __init__(
-        self,
-        base_url: str,
-        model: str,
-        api_key_env: str = "OPENAI_API_KEY",
-        timeout_s: float = 60.0,
-        max_retries: int = 5,
-        backoff_s: float = 1.0,
-        structured: bool = True,
-    ) -> None:
-        try:
-            import openai
-        except ImportError as error:
-            raise ConfigError("an OpenAI-compatible teacher needs the openai package: pip install openai") from error
-        self.openai = openai
-        self.client = openai.OpenAI(
-            base_url=base_url, api_key=os.environ.get(api_key_env) or "unused", timeout=timeout_s, max_retries=0
-        )
-        self.name = f"{base_url}#{model}"
-        self.model = model
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.structured = structured
-
-    def complete(
-        self,
-        prompt: str,
-        *,
-        temperature: float,
-        max_tokens: int,
-        seed: int,
-        schema: dict[str, Any] | None,
-        system: str | None = None,
-    ) -> TeacherReply:
-        options: dict[str, Any] = {}
-        if schema is not None and self.structured:
-            options["response_format"] = {"type": "json_schema", "json_schema": {"name": "rows", "schema": schema}}
-        retries = 0
-        while True:
-            try:
-                response = self.client.chat.completions.create(
-                    model=self.model,
-                    messages=_messages(prompt, system),
-                    temperature=temperature,
-                    max_tokens=max_tokens,
-                    seed=seed,
-                    **options,
-                )
-                usage = response.usage
-                return TeacherReply(
-                    response.choices[0].message.content or "",
-                    usage.prompt_tokens if usage else 0,
-                    usage.completion_tokens if usage else 0,
-                    retries,
-                )
-            except (self.openai.APITimeoutError, self.openai.APIConnectionError, self.openai.RateLimitError) as error:
-                failure: Exception = error
-                wait = _retry_after(error)
-            except self.openai.APIStatusError as error:
-                if error.status_code < 500:
-                    raise TeacherError(
-                        f"teacher {self.name} refused the request ({error.status_code}): {error}"
-                    ) from error
-                failure, wait = error, _retry_after(error)
-            if retries >= self.max_retries:
-                raise TeacherError(f"teacher {self.name} failed after {retries} retries: {failure}") from failure
-            # Exponential backoff with jitter, or the server's Retry-After when it gives one.
-            time.sleep(wait if wait is not None else self.backoff_s * 2**retries * (0.5 + random.random()))
-            retries += 1
-
-
-def _messages(prompt: str, system: str | None) -> list[dict[str, str]]:
-    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-
-
-def _retry_after(error: Exception) -> float | None:
-    response = getattr(error, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return min(float(value), 60.0) if value is not None else None
-    except ValueError:
-        return None
-
-
-class LocalTeacher:
-    """A model run in this process: a catalog base (local:smollm2-135m), a model directory or a specialist."""
-
-    def __init__(self, spec: str) -> None:
-        from niche.hardware import detect_hardware
-        from niche.models import load_model, load_tokenizer, prepare_for_inference, resolve_base
-        from niche.specialist import MANIFEST_NAME, load_specialist
-
-        hardware = detect_hardware()
-        if (Path(spec) / MANIFEST_NAME).is_file():
-            self.model, self.tokenizer, _ = load_specialist(Path(spec), hardware.device, hardware.dtype)
-        else:
-            base = resolve_base(spec)
-            self.tokenizer = load_tokenizer(base)
-            self.model = prepare_for_inference(load_model(base, hardware.dtype, hardware.device).eval())
-        self.name = f"local:{spec}"
-        self.lock = threading.Lock()
-
-    def complete(
-        self,
-        prompt: str,
-        *,
-        temperature: float,
-        max_tokens: int,
-        seed: int,
-        schema: dict[str, Any] | None,
-        system: str | None = None,
-    ) -> TeacherReply:
-        import torch
-
-        ids = self.tokenizer.apply_chat_template(
-            _messages(prompt, system), add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )["input_ids"].to(self.model.device)
-        with self.lock, torch.no_grad():
-            torch.manual_seed(seed)
-            output = self.model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=max_tokens,
-                do_sample=temperature > 0,
-                temperature=temperature if temperature > 0 else None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-            )
-        completion = output[0, ids.shape[1] :]
-        text = self.tokenizer.decode(completion, skip_special_tokens=True)
-        return TeacherReply(text, ids.shape[1], len(completion))
-
-
-def make_teacher(spec: str, model: str | None, **options: Any) -> Teacher:
-    """`local:NAME` runs in process; anything else is an OpenAI-compatible base URL (with `model`)."""
-    if spec.startswith("local:"):
-        return LocalTeacher(spec.removeprefix("local:"))
-    if not re.match(r"https?://", spec):
-        raise ConfigError(f"--teacher {spec!r}: expected an http(s) base URL or local:NAME")
-    if not model:
-        raise ConfigError("--teacher-model: an OpenAI-compatible teacher needs the model name to ask for")
-    return OpenAITeacher(spec, model, **options)
-
-
-@dataclass(frozen=True)
-class SynthSettings:
-    n: int = 100
-    strategy: Strategy = "variations"
-    per_request: int = 5
-    examples_per_prompt: int = 5
-    temperature: float = 0.9
-    max_tokens: int = 768
-    concurrency: int = 4
-    seed: int = 0
-    min_chars: int = 3
-    max_chars: int = 2000
-    near_duplicate_threshold: float = 0.8
-    prompt_template: str | None = None
-    judge: bool = False
-    min_judge_score: int = 4
-    price_input_per_million: float = 0.0
-    price_output_per_million: float = 0.0
-    passage_chars: int = 1500
-    max_rounds: int = 3
-    output_schema: dict[str, Any] | None = None  # answers must be JSON that validates against it
-
-    def __post_init__(self) -> None:
-        if self.n < 1 or self.per_request < 1 or self.concurrency < 1:
-            raise ConfigError("synth: n, per_request and concurrency must be at least 1")
-        if self.strategy not in ("variations", "documents"):
-            raise ConfigError(f"strategy: expected variations or documents, got {self.strategy!r}")
 
 
 @dataclass
@@ -530,9 +326,9 @@ class SynthOutput:
         for path in (self.out, self.rejects):
             # Malformed seed rows are not kept: every run reports them afresh.
             rows = [row for row in _read_jsonl(path) if row.get("request_id") in finished]
-            write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+            write_jsonl_atomic(path, rows)
             kept.append(rows)
-        write_text_atomic(self.progress, "".join(json.dumps(row) + "\n" for row in finished.values()))
+        write_jsonl_atomic(self.progress, finished.values())
         return finished, kept[0], kept[1]
 
     def write(
@@ -546,7 +342,7 @@ class SynthOutput:
             ):
                 if rows:
                     with path.open("a", encoding="utf-8") as handle:
-                        handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+                        handle.write(jsonl_text(rows))
                         handle.flush()
                         os.fsync(handle.fileno())
 
@@ -577,16 +373,7 @@ def synthesize(
     settings = settings or SynthSettings()
     seed_result = read_examples(seeds_path) if seeds_path else None
     seeds = seed_result.examples if seed_result else []
-    seed_problems = [
-        {
-            "request_id": SEED_REJECTS,
-            "kind": "bad_seed",
-            "source": f"{problem.path}:{problem.line}",
-            "reason": problem.message,
-            "raw": problem.raw,
-        }
-        for problem in (seed_result.problems if seed_result else [])
-    ]
+    seed_problems = _seed_problem_rows(seed_result.problems if seed_result else [])
     tests = load_examples(test_path).examples if test_path else []
     texts = [read_document(path) for path in document_paths(documents)] if documents else []
     requests, schema, labels = plan_requests(seeds, texts, settings)
@@ -596,28 +383,108 @@ def synthesize(
     output.write([], seed_problems, None)
     report = SynthReport(teacher.name, settings.strategy, resumed_requests=len(finished))
     for progress in finished.values():
-        report.prompt_tokens += progress["prompt_tokens"]
-        report.completion_tokens += progress["completion_tokens"]
-        report.retries += progress.get("retries", 0)
+        _add_tokens(report, progress)
+    report.generated = len(accepted_before) + len(rejected_before)
     validator = Validator(settings, labels, seeds, tests)
     validator.add_accepted([_row_text(row) for row in accepted_before])
+    task = "classification" if labels else "question answering" if settings.strategy == "documents" else "generation"
+    runner = RequestRunner(teacher, settings, schema, validator, task)
     accepted_count = Counter(row.get("label") for row in accepted_before)
     rejected_count = Counter(row["kind"] for row in rejected_before)
-    report.generated = len(accepted_before) + len(rejected_before)
-    task = "classification" if labels else "question answering" if settings.strategy == "documents" else "generation"
+    # Rejected rows leave the output short of n: further rounds ask for the difference, a bounded number of times.
+    start = 0
+    for _ in range(settings.max_rounds):
+        report.requests += len(requests)
+        pending = [
+            (start + index, request) for index, request in enumerate(requests) if request.request_id not in finished
+        ]
+        for accepted, rejected in _run_round(runner, pending, settings.concurrency, output, report, on_request):
+            accepted_count.update(row.get("label") for row in accepted)
+            rejected_count.update(row["kind"] for row in rejected)
+        missing = settings.n - sum(accepted_count.values())
+        start += len(requests)
+        if missing <= 0:
+            break
+        requests, _, _ = plan_requests(seeds, texts, settings, start, -(-missing // settings.per_request))
+    report.accepted = sum(accepted_count.values())
+    report.rejected = dict(rejected_count)
+    report.seed_problems = len(seed_problems)
+    report.labels = {str(label): count for label, count in accepted_count.items() if label is not None}
+    cost = report.prompt_tokens * settings.price_input_per_million
+    report.cost = round((cost + report.completion_tokens * settings.price_output_per_million) / 1e6, 6)
+    write_json_atomic(out.with_name(out.stem + ".report.json"), asdict(report))
+    write_text_atomic(out.with_name(out.stem + ".report.md"), report_markdown(report))
+    return report
 
-    def run(request: SynthRequest, number: int) -> tuple[list[dict], list[dict], dict]:
-        reply = teacher.complete(
+
+def _seed_problem_rows(problems: list[Any]) -> list[dict[str, Any]]:
+    """Malformed seed rows, as rejects kept under the SEED_REJECTS request id."""
+    return [
+        {
+            "request_id": SEED_REJECTS,
+            "kind": "bad_seed",
+            "source": f"{problem.path}:{problem.line}",
+            "reason": problem.message,
+            "raw": problem.raw,
+        }
+        for problem in problems
+    ]
+
+
+def _add_tokens(report: SynthReport, progress: dict[str, Any]) -> None:
+    report.prompt_tokens += progress["prompt_tokens"]
+    report.completion_tokens += progress["completion_tokens"]
+    report.retries += progress.get("retries", 0)
+
+
+def _run_round(
+    runner: RequestRunner,
+    pending: list[tuple[int, SynthRequest]],
+    concurrency: int,
+    output: SynthOutput,
+    report: SynthReport,
+    on_request: Callable[[int, int], None] | None,
+) -> Iterator[tuple[list[dict], list[dict]]]:
+    """Run the round's requests concurrently, writing each one's rows as it finishes; yields them."""
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        futures = [pool.submit(runner.run, request, number) for number, request in pending]
+        for done, future in enumerate(as_completed(futures), start=1):
+            try:
+                accepted, rejected, progress = future.result()
+            except TeacherError as error:
+                report.requests_failed += 1
+                if len(report.errors) < 20:
+                    report.errors.append(str(error))
+                continue
+            output.write(accepted, rejected, progress)
+            report.generated += len(accepted) + len(rejected)
+            _add_tokens(report, progress)
+            yield accepted, rejected
+            if on_request:
+                on_request(done, len(futures))
+
+
+class RequestRunner:
+    """One request to the teacher: its reply parsed into candidate rows, each validated (and judged, if asked)."""
+
+    def __init__(
+        self, teacher: Teacher, settings: SynthSettings, schema: dict[str, Any] | None, validator: Validator, task: str
+    ) -> None:
+        self.teacher, self.settings, self.schema, self.validator, self.task = teacher, settings, schema, validator, task
+
+    def run(self, request: SynthRequest, number: int) -> tuple[list[dict], list[dict], dict]:
+        settings = self.settings
+        reply = self.teacher.complete(
             request.prompt,
             temperature=settings.temperature,
             max_tokens=settings.max_tokens,
             seed=settings.seed + number,
-            schema=schema,
+            schema=self.schema,
         )
         tokens = [reply.prompt_tokens, reply.completion_tokens, reply.retries]
         provenance = {
             "source": "synthetic",
-            "teacher": teacher.name,
+            "teacher": self.teacher.name,
             "strategy": settings.strategy,
             "seed_ids": request.seed_ids,
             "request_id": request.request_id,
@@ -634,25 +501,10 @@ def synthesize(
             try:
                 row = candidate_row(item, request, settings.strategy)
             except KeyError as error:
-                rejected.append(
-                    {
-                        "id": row_id,
-                        "kind": "malformed_item",
-                        "reason": f"missing field {error}",
-                        "raw": item,
-                        **provenance,
-                    }
-                )
+                why = f"missing field {error}"
+                rejected.append({"id": row_id, "kind": "malformed_item", "reason": why, "raw": item, **provenance})
                 continue
-            problem = validator.check(row)
-            if problem is None and settings.judge:
-                score, why, judged = judge_score(teacher, row, task, settings.seed + number)
-                tokens[0] += judged.prompt_tokens
-                tokens[1] += judged.completion_tokens
-                if score is None or score < settings.min_judge_score:
-                    problem = "judge", f"score {score} < {settings.min_judge_score}: {why}"
-                else:
-                    row["judge_score"] = score
+            problem = self._problem(row, number, tokens)
             if problem is None:
                 accepted.append({"id": row_id, **row, **provenance})
             else:
@@ -665,53 +517,17 @@ def synthesize(
         }
         return accepted, rejected, progress
 
-    # Rejected rows leave the output short of n: further rounds ask for the difference, a bounded number of times.
-    start = 0
-    for _ in range(settings.max_rounds):
-        report.requests += len(requests)
-        with ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
-            futures = {
-                pool.submit(run, request, start + index): request
-                for index, request in enumerate(requests)
-                if request.request_id not in finished
-            }
-            for done, future in enumerate(as_completed(futures), start=1):
-                try:
-                    accepted, rejected, progress = future.result()
-                except TeacherError as error:
-                    report.requests_failed += 1
-                    if len(report.errors) < 20:
-                        report.errors.append(str(error))
-                    continue
-                output.write(accepted, rejected, progress)
-                report.generated += len(accepted) + len(rejected)
-                report.prompt_tokens += progress["prompt_tokens"]
-                report.completion_tokens += progress["completion_tokens"]
-                report.retries += progress["retries"]
-                accepted_count.update(row.get("label") for row in accepted)
-                rejected_count.update(row["kind"] for row in rejected)
-                if on_request:
-                    on_request(done, len(futures))
-        missing = settings.n - sum(accepted_count.values())
-        start += len(requests)
-        if missing <= 0:
-            break
-        requests, _, _ = plan_requests(seeds, texts, settings, start, -(-missing // settings.per_request))
-    report.accepted = sum(accepted_count.values())
-    report.rejected = dict(rejected_count)
-    report.seed_problems = len(seed_problems)
-    report.labels = {str(label): count for label, count in accepted_count.items() if label is not None}
-    report.cost = round(
-        (
-            report.prompt_tokens * settings.price_input_per_million
-            + report.completion_tokens * settings.price_output_per_million
-        )
-        / 1e6,
-        6,
-    )
-    write_json_atomic(out.with_name(out.stem + ".report.json"), asdict(report))
-    write_text_atomic(out.with_name(out.stem + ".report.md"), report_markdown(report))
-    return report
+    def _problem(self, row: dict[str, Any], number: int, tokens: list[int]) -> tuple[str, str] | None:
+        """Why the row is rejected (kind, reason), or None; the judge's tokens are added to `tokens`."""
+        problem = self.validator.check(row)
+        if problem is None and self.settings.judge:
+            score, why, judged = judge_score(self.teacher, row, self.task, self.settings.seed + number)
+            tokens[0] += judged.prompt_tokens
+            tokens[1] += judged.completion_tokens
+            if score is None or score < self.settings.min_judge_score:
+                return "judge", f"score {score} < {self.settings.min_judge_score}: {why}"
+            row["judge_score"] = score
+        return problem
 
 
 def report_markdown(report: SynthReport) -> str:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from niche.errors import ConfigError
+from niche.errors import ConfigError, require_extra
 from niche.io import atomic_directory
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,9 @@ def client() -> Any:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # niche draws its own progress; a bar per artifact download is noise in logs.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    require_extra(
+        "track", ("mlflow",), "tracking (set tracking.enabled: false, or NICHE_TRACKING=off, to train without it)"
+    )
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri(), registry_uri=tracking_uri())

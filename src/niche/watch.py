@@ -28,11 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from niche.config import NicheConfig, WatchSettings
+from niche.curate import example_row
 from niche.data.examples import Example
 from niche.data.formats import read_examples
-from niche.errors import ConfigError
-from niche.io import write_json_atomic, write_text_atomic
+from niche.errors import ConfigError, require_extra
+from niche.eval import evaluate
+from niche.io import write_json_atomic, write_jsonl_atomic
 from niche.pipeline import PipelineResult, StageFailed, example_files, run_pipeline
+from niche.specialist import is_specialist
 
 log = logging.getLogger(__name__)
 
@@ -149,13 +152,10 @@ def champion_quality(config: NicheConfig, scratch: Path) -> Callable[[list[Examp
     """The deployed champion's headline metric on given rows (None when nothing is deployed yet)."""
 
     def score(rows: list[Example]) -> float | None:
-        from niche.data.curate import example_row
-        from niche.eval import evaluate
-
-        if not (config.specialist_dir / "niche.json").is_file():
+        if not is_specialist(config.specialist_dir):
             return None
         path = scratch / "newest-rows.jsonl"
-        write_text_atomic(path, "".join(json.dumps(example_row(row), ensure_ascii=False) + "\n" for row in rows))
+        write_jsonl_atomic(path, (example_row(row) for row in rows))
         report = evaluate(config.specialist_dir, path, show_progress=False)
         return report.results[-1].metrics[report.headline_metric]
 
@@ -209,6 +209,7 @@ def watch(
     show_progress: bool = True,
 ) -> None:
     """Check now, then after every settled burst of file changes (and every `watch.poll_seconds`) until `stop`."""
+    require_extra("track", ("watchdog", "scipy"), "niche watch")
     from watchdog.events import FileSystemEventHandler
     from watchdog.observers import Observer
 

@@ -6,7 +6,11 @@ registers them all on `app`.
 
 from __future__ import annotations
 
-from niche.cli import data, flows, serving, training
 from niche.cli.app import app, run
+
+# Registration order is the order `niche --help` lists the commands in: the pipeline's.
+# isort: off
+from niche.cli import data, training, serving, flows
+# isort: on
 
 __all__ = ["app", "data", "flows", "run", "serving", "training"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -12,10 +11,11 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from niche import __version__
-from niche.errors import ConfigError, NicheError
+from niche.errors import NicheError
 
 app = typer.Typer(
     help="Turn a small open model into a measured domain specialist.",
@@ -38,6 +38,10 @@ app.add_typer(registry_app, name="registry")
 console = Console(soft_wrap=True)
 state = {"debug": False}
 
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="niche.yaml whose section for this command sets its defaults; flags override it."),
+]
 Overrides = Annotated[
     list[str] | None, typer.Argument(help="Config overrides as key=value, e.g. training.max_steps=20.")
 ]
@@ -73,35 +77,24 @@ def main(
     _configure_logging(debug)
 
 
-
-
-def _configure_logging(debug: bool) -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if not debug:
-        # niche shows its own progress; the libraries' per-file loading bars are noise.
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
-    )
-    for noisy in ("transformers", "peft", "accelerate", "huggingface_hub", "httpx", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
-    if not debug:
-        import warnings
-
-        warnings.filterwarnings("ignore", module="transformers|peft|torch")
-
-@app.callback()
-def main(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and library logs.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+@app.command()
+def models(
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Converted-checkpoint cache (default $NICHE_CACHE_DIR or ~/.cache/niche).")
+    ] = None,
 ) -> None:
-    if version:
-        console.print(f"niche {__version__}")
-        raise typer.Exit()
-    state["debug"] = debug
-    _configure_logging(debug)
+    """List the base-model catalog and what is cached, with sizes."""
+    from niche.models import list_models
+
+    table = Table("name", "cached", "size", "description")
+    for listing in list_models(cache_dir):
+        size = f"{listing.size_bytes / 2**20:.0f} MiB" if listing.size_bytes else "-"
+        table.add_row(listing.name, "yes" if listing.cached else "no", size, listing.description)
+    console.print(table)
+    console.print(
+        "Also accepted as a base: a local Hugging Face model directory, a .gguf file, or a hub id (needs network)."
+    )
+
 
 def print_report(report: Any) -> None:
     table = Table(
@@ -119,8 +112,10 @@ def print_report(report: Any) -> None:
         table.add_row("fit (s)", *[_cell(result.details.get("fit_seconds", "")) for result in report.results])
     console.print(table)
 
+
 def _cell(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
+
 
 def run() -> None:
     """Console-script entry point: NicheErrors print as one clear message, not a traceback."""
@@ -129,5 +124,6 @@ def run() -> None:
     except NicheError as error:
         if state["debug"]:
             raise
-        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {error}", highlight=False)
+        # The message is text, not markup: "pip install 'niche[train]'" must print its brackets.
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {escape(str(error))}", highlight=False)
         sys.exit(2)

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import json
-import logging
-import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
-from niche import __version__
-from niche.errors import ConfigError, NicheError
-
-from niche.cli.app import app, console, data_app, pipeline_app, rag_app, registry_app, state, print_report
+from niche.cli.app import ConfigOption, app, console, data_app
+from niche.errors import ConfigError
 
 
 def _parse_fields(pairs: list[str] | None) -> dict[str, str]:
@@ -28,6 +22,7 @@ def _parse_fields(pairs: list[str] | None) -> dict[str, str]:
             raise ConfigError(f"--field {pair!r}: expected canonical=column, e.g. text=finding")
         fields[canonical.strip()] = column.strip()
     return fields
+
 
 @data_app.command("check")
 def data_check(
@@ -43,7 +38,7 @@ def data_check(
 
     tokenizer = load_tokenizer(resolve_base(base)) if tokens else None
     report = check_data(file, format, _parse_fields(field), tokenizer=tokenizer)
-    console.print(f"[bold]{report.path}[/]: {report.rows} examples, format {report.format}, task {report.task_kind}")
+    console.print(f"[bold]{escape(str(report.path))}[/]: {report.rows} examples, format {report.format}, task {report.task_kind}")
     if report.label_counts:
         table = Table("label", "examples", "share")
         for label, count in report.label_counts.items():
@@ -56,51 +51,53 @@ def data_check(
             )
     console.print(f"duplicate inputs: {report.duplicate_inputs}; empty responses: {report.empty_responses}")
     for note in report.notes:
-        console.print(f"[yellow]note[/]: {note}")
+        console.print(f"[yellow]note[/]: {escape(str(note))}")
     for warning in report.warnings:
-        console.print(f"[yellow]warning[/]: {warning}")
+        console.print(f"[yellow]warning[/]: {escape(str(warning))}")
     for problem in report.problems:
-        console.print(f"[red]problem[/]: {problem}")
+        console.print(f"[red]problem[/]: {escape(str(problem))}")
     if report.problems:
         raise typer.Exit(1)
+
 
 @app.command("curate")
 def curate_command(
     inputs: Annotated[list[Path], typer.Argument(help="JSONL or CSV files, any of niche's row shapes.")],
     out: Annotated[Path, typer.Option(help="Directory for the splits, rejects.jsonl and the data card.")],
+    config_path: ConfigOption = None,
     near_duplicate_threshold: Annotated[
-        float, typer.Option(help="Estimated Jaccard similarity of word shingles above which inputs are near-same.")
-    ] = 0.8,
+        float | None,
+        typer.Option(help="Estimated Jaccard similarity of word shingles above which inputs are near-same [0.8]."),
+    ] = None,
     conflicts: Annotated[
-        str, typer.Option(help="Same input, different answers: majority (keep the majority answer), drop, keep.")
-    ] = "majority",
+        str | None, typer.Option(help="Same input, different answers: majority (keep the majority answer), drop, keep.")
+    ] = None,
     redact_pii: Annotated[
-        bool, typer.Option(help="Replace emails, phones, cards, IBANs and IPs by placeholders.")
-    ] = False,
-    split: Annotated[str, typer.Option(help="train/validation/test fractions.")] = "0.7,0.15,0.15",
-    seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
-    max_chars: Annotated[int, typer.Option(help="Rows longer than this (characters) are rejected.")] = 20_000,
+        bool | None, typer.Option(help="Replace emails, phones, cards, IBANs and IPs by placeholders [off].")
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="train/validation/test fractions [0.7,0.15,0.15].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the split [0].")] = None,
+    max_chars: Annotated[
+        int | None, typer.Option(help="Rows longer than this (characters) are rejected [20000].")
+    ] = None,
     decontaminate: Annotated[
         list[Path] | None, typer.Option(help="Benchmark file whose n-grams training rows must not share (repeatable).")
     ] = None,
-    ngram: Annotated[int, typer.Option(help="n of the decontamination n-grams (13 as in GPT-3).")] = 13,
-    format: Annotated[str, typer.Option(help="auto, label, prompt_completion, alpaca or chat.")] = "auto",
+    ngram: Annotated[int | None, typer.Option(help="n of the decontamination n-grams [13, as in GPT-3].")] = None,
+    format: Annotated[str | None, typer.Option(help="auto, label, prompt_completion, alpaca or chat [auto].")] = None,
 ) -> None:
     """Normalise, deduplicate (exact and MinHash near duplicates), resolve conflicts, redact PII, split."""
-    from niche.data.curate import CurateSettings, curate
+    from niche.config import command_section, parse_fractions
+    from niche.curate import curate
 
-    try:
-        fractions = tuple(float(part) for part in split.split(","))
-    except ValueError as error:
-        raise ConfigError(f"--split {split!r}: expected three comma-separated fractions") from error
-    settings = CurateSettings(
+    settings = command_section(config_path, "curate").updated(
         near_duplicate_threshold=near_duplicate_threshold,
-        conflicts=conflicts,  # type: ignore[arg-type]
+        conflicts=conflicts,
         redact_pii=redact_pii,
-        split=fractions,  # type: ignore[arg-type]
+        split=parse_fractions(split, "--split") if split is not None else None,
         seed=seed,
         max_chars=max_chars,
-        decontaminate=tuple(decontaminate or ()),
+        decontaminate=decontaminate,
         ngram=ngram,
         format=format,
     )
@@ -115,6 +112,7 @@ def curate_command(
     )
     console.print(f"wrote {out}/{{train,validation,test}}.jsonl, rejects.jsonl ({report.rejects} rows), data_card.md")
 
+
 def _read_schema(path: Path) -> dict[str, Any]:
     try:
         schema = json.loads(path.read_text(encoding="utf-8"))
@@ -124,51 +122,66 @@ def _read_schema(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: a JSON schema must be an object")
     return schema
 
+
 @app.command("synth")
 def synth_command(
     out: Annotated[Path, typer.Option(help="Output JSONL (append-only; a rerun continues it).")],
-    teacher: Annotated[str, typer.Option(help="OpenAI-compatible base URL, or local:NAME (model run in process).")],
+    config_path: ConfigOption = None,
+    teacher: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible base URL, or local:NAME (model run in process).")
+    ] = None,
     seeds: Annotated[Path | None, typer.Option(help="Seed examples (any niche row shape).")] = None,
     teacher_model: Annotated[str | None, typer.Option(help="Model name to ask the endpoint for.")] = None,
     api_key_env: Annotated[
-        str, typer.Option(help="Environment variable holding the endpoint's API key.")
-    ] = "OPENAI_API_KEY",
-    n: Annotated[int, typer.Option(help="Rows wanted (accepted); rejected rows are replaced, up to 3 rounds.")] = 100,
+        str | None, typer.Option(help="Environment variable holding the endpoint's API key [OPENAI_API_KEY].")
+    ] = None,
+    n: Annotated[
+        int | None, typer.Option(help="Rows wanted (accepted); rejected rows are replaced, up to 3 rounds [100].")
+    ] = None,
     strategy: Annotated[
-        str, typer.Option(help="variations (of the seeds, balanced per label) or documents.")
-    ] = "variations",
+        str | None, typer.Option(help="variations (of the seeds, balanced per label) or documents [variations].")
+    ] = None,
     documents: Annotated[list[Path] | None, typer.Option(help="Text/markdown files for strategy documents.")] = None,
     test: Annotated[Path | None, typer.Option(help="Held-out rows no synthetic row may nearly duplicate.")] = None,
-    per_request: Annotated[int, typer.Option(help="Rows asked for in one teacher request.")] = 5,
-    concurrency: Annotated[int, typer.Option(help="Teacher requests in flight.")] = 4,
-    temperature: Annotated[float, typer.Option(help="Teacher sampling temperature.")] = 0.9,
-    timeout: Annotated[float, typer.Option(help="Seconds per teacher request before it is retried.")] = 60.0,
-    max_retries: Annotated[int, typer.Option(help="Retries on 429, 5xx, timeouts.")] = 5,
-    judge: Annotated[bool, typer.Option(help="Score each row with the teacher as a judge (1-5).")] = False,
-    min_judge_score: Annotated[int, typer.Option(help="Lowest judge score accepted.")] = 4,
+    per_request: Annotated[int | None, typer.Option(help="Rows asked for in one teacher request [5].")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Teacher requests in flight [4].")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Teacher sampling temperature [0.9].")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds per teacher request before it is retried [60].")
+    ] = None,
+    max_retries: Annotated[int | None, typer.Option(help="Retries on 429, 5xx, timeouts [5].")] = None,
+    judge: Annotated[bool | None, typer.Option(help="Score each row with the teacher as a judge (1-5) [off].")] = None,
+    min_judge_score: Annotated[int | None, typer.Option(help="Lowest judge score accepted [4].")] = None,
     prompt_template: Annotated[
         Path | None,
         typer.Option(help="Your prompt template (str.format fields: labels, label, examples, count, passage)."),
     ] = None,
-    price_input: Annotated[float, typer.Option(help="Price per million prompt tokens.")] = 0.0,
-    price_output: Annotated[float, typer.Option(help="Price per million completion tokens.")] = 0.0,
+    price_input: Annotated[float | None, typer.Option(help="Price per million prompt tokens [0].")] = None,
+    price_output: Annotated[float | None, typer.Option(help="Price per million completion tokens [0].")] = None,
     structured: Annotated[
-        bool, typer.Option(help="Ask the teacher for schema-constrained JSON (response_format).")
-    ] = True,
+        bool | None, typer.Option(help="Ask the teacher for schema-constrained JSON (response_format) [on].")
+    ] = None,
     output_schema: Annotated[
         Path | None, typer.Option(help="JSON schema every generated answer must match (JSON-output tasks).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the plan and of sampling.")] = 0,
+    seed: Annotated[int | None, typer.Option(help="Seed of the plan and of sampling [0].")] = None,
 ) -> None:
     """Generate rows with a teacher model; validate, deduplicate and cost every one."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from niche.synth import SynthSettings, synthesize
-    from niche.teachers import make_teacher
+    from niche.config import command_section
+    from niche.synth import synthesize
+    from niche.teachers import teacher_of
 
-    settings = SynthSettings(
+    settings = command_section(config_path, "synth").updated(
+        teacher=teacher,
+        model=teacher_model,
+        api_key_env=api_key_env,
+        timeout_s=timeout,
+        max_retries=max_retries,
+        structured=structured,
         n=n,
-        strategy=strategy,  # type: ignore[arg-type]
+        strategy=strategy,
         per_request=per_request,
         concurrency=concurrency,
         temperature=temperature,
@@ -180,8 +193,7 @@ def synth_command(
         price_output_per_million=price_output,
         output_schema=_read_schema(output_schema) if output_schema else None,
     )
-    options = {"api_key_env": api_key_env, "timeout_s": timeout, "max_retries": max_retries, "structured": structured}
-    client = make_teacher(teacher, teacher_model, **({} if teacher.startswith("local:") else options))
+    client = teacher_of(settings)
     with Progress(
         TextColumn("synth"), BarColumn(), TextColumn("{task.completed}/{task.total} requests"), TimeRemainingColumn()
     ) as progress:

@@ -2,41 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
-from niche import __version__
-from niche.errors import ConfigError, NicheError
+from niche.cli.app import Overrides, app, console, pipeline_app, print_report
 
-from niche.cli.app import app, console, data_app, pipeline_app, rag_app, registry_app, state, print_report
-
-
-@app.command()
-def models(
-    cache_dir: Annotated[
-        Path | None, typer.Option(help="Converted-checkpoint cache (default $NICHE_CACHE_DIR or ~/.cache/niche).")
-    ] = None,
-) -> None:
-    """List the base-model catalog and what is cached, with sizes."""
-    from niche.models import list_models
-
-    table = Table("name", "cached", "size", "description")
-    for listing in list_models(cache_dir):
-        size = f"{listing.size_bytes / 2**20:.0f} MiB" if listing.size_bytes else "-"
-        table.add_row(listing.name, "yes" if listing.cached else "no", size, listing.description)
-    console.print(table)
-    console.print(
-        "Also accepted as a base: a local Hugging Face model directory, a .gguf file, or a hub id (needs network)."
-    )
 
 @app.command()
 def ladder(
@@ -53,6 +27,7 @@ def ladder(
     directory = write_ladder_report(report, out or config.specialist_dir / "ladder")
     console.print(ladder_markdown(report))
     console.print(f"report: {directory / 'ladder.html'}")
+
 
 @pipeline_app.command("run")
 def pipeline_run(
@@ -72,6 +47,7 @@ def pipeline_run(
     result = run_pipeline(load_config(config_path, overrides), only=stage, force=force)
     _print_pipeline(result)
 
+
 def _print_pipeline(result: Any) -> None:
     table = Table(title="niche pipeline")
     for column in ("stage", "status", "seconds"):
@@ -85,6 +61,7 @@ def _print_pipeline(result: Any) -> None:
         version = f" (version {decision['version']})" if decision.get("version") else ""
         console.print(f"{verdict}{version}: {decision.get('reason', '')}")
     console.print(f"report: {result.work_dir / 'report' / 'pipeline.md'}")
+
 
 @app.command()
 def watch(
@@ -109,7 +86,7 @@ def watch(
         if outcome.pipeline is not None:
             _print_pipeline(outcome.pipeline)
         if outcome.failure is not None:
-            console.print(f"[red]pipeline run failed[/] (the next check tries again): {outcome.failure}")
+            console.print(f"[red]pipeline run failed[/] (the next check tries again): {escape(str(outcome.failure))}")
 
     if once:
         outcome = watch_once(config, data_dir)
@@ -122,6 +99,7 @@ def watch(
         watch_loop(config, data_dir, on_outcome=show)
     except KeyboardInterrupt:
         console.print("stopped")
+
 
 @app.command()
 def demo(

@@ -2,88 +2,82 @@
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
-from niche import __version__
-from niche.errors import ConfigError, NicheError
-
-from niche.cli.app import app, console, data_app, pipeline_app, rag_app, registry_app, state, print_report
+from niche.cli.app import ConfigOption, app, console, rag_app, registry_app
 
 
 @app.command()
 def serve(
     specialists: Annotated[Path, typer.Argument(help="Directory whose subdirectories are specialists (niche.json).")],
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    max_loaded: Annotated[int, typer.Option(help="Adapters kept in memory; the least recently used is evicted.")] = 8,
+    config_path: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on [127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [8000].")] = None,
+    max_loaded: Annotated[
+        int | None, typer.Option(help="Adapters kept in memory; the least recently used is evicted [8].")
+    ] = None,
     api_key: Annotated[
         list[str] | None, typer.Option(help="Require this bearer key (repeatable; or NICHE_API_KEYS=a,b).")
     ] = None,
-    max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted.")] = 1 << 20,
+    max_body_bytes: Annotated[int | None, typer.Option(help="Largest request body accepted [1 MiB].")] = None,
     max_batch_size: Annotated[
-        int, typer.Option(help="Requests decoded together, across specialists (1: one request at a time).")
-    ] = 16,
+        int | None, typer.Option(help="Requests decoded together, across specialists (1: one at a time) [16].")
+    ] = None,
     max_wait_ms: Annotated[
-        float, typer.Option(help="When idle, how long a request waits for companions before its batch starts.")
-    ] = 2.0,
-    timeout: Annotated[float, typer.Option(help="Seconds a request may run before it is stopped (504).")] = 120.0,
+        float | None, typer.Option(help="When idle, how long a request waits for companions before its batch [2].")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds a request may run before it is stopped (504) [120].")
+    ] = None,
     max_queue: Annotated[
-        int, typer.Option(min=1, help="Waiting requests past which a new request gets 429 with Retry-After.")
-    ] = 256,
+        int | None, typer.Option(help="Waiting requests past which a new request gets 429 with Retry-After [256].")
+    ] = None,
     engine: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="torch (batched, this process), llamacpp (GGUF base + GGUF LoRAs, this process) or vllm "
-            "(print the equivalent vLLM command)."
+            "(print the equivalent vLLM command) [torch]."
         ),
-    ] = "torch",
+    ] = None,
     launch: Annotated[bool, typer.Option(help="With --engine vllm: run the command instead of printing it.")] = False,
     routing: Annotated[
-        bool, typer.Option(help="Serve model 'auto': route each request to the closest specialist.")
-    ] = True,
+        bool | None, typer.Option(help="Serve model 'auto': route each request to the closest specialist [on].")
+    ] = None,
     route_threshold: Annotated[
-        float, typer.Option(help="Below this similarity 'auto' answers with the base model.")
-    ] = 0.4,
+        float | None, typer.Option(help="Below this similarity 'auto' answers with the base model [0.4].")
+    ] = None,
     registry_poll: Annotated[
-        float,
-        typer.Option(help="Every N seconds, switch each specialist to its MLflow registry champion (0: off)."),
-    ] = 0.0,
+        float | None,
+        typer.Option(help="Every N seconds, switch each specialist to its MLflow registry champion (0: off) [0]."),
+    ] = None,
 ) -> None:
     """Serve the specialists (and their bare base as model 'base') behind an OpenAI-compatible API."""
-    from niche.serve import create_engine, run_server
+    from niche.config import command_section
+    from niche.serve import serve_specialists
 
-    keys = set(api_key or []) | {key for key in os.environ.get("NICHE_API_KEYS", "").split(",") if key}
-    serving_engine = create_engine(
-        engine,
-        specialists,
+    settings = command_section(config_path, "serve").updated(
+        engine=engine,
+        host=host,
+        port=port,
         max_loaded=max_loaded,
         max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms,
-        timeout_s=timeout,
+        timeout=timeout,
         max_queue=max_queue,
-    )
-    run_server(
-        serving_engine,
-        host,
-        port,
-        api_keys=frozenset(keys),
         max_body_bytes=max_body_bytes,
         routing=routing,
         route_threshold=route_threshold,
         registry_poll=registry_poll,
-        launch=launch,
-        say=console.print,
     )
+    keys = set(api_key or []) | {key for key in os.environ.get("NICHE_API_KEYS", "").split(",") if key}
+    serve_specialists(specialists, settings, api_keys=frozenset(keys), launch=launch, say=console.print)
+
 
 @rag_app.command("index")
 def rag_index(
@@ -98,6 +92,7 @@ def rag_index(
     index = RagIndex.build(documents, out, chunk_size=chunk_size, overlap=overlap)
     console.print(f"indexed {index.meta['chunks']} passages from {len(index.meta['documents'])} documents into {out}")
 
+
 @rag_app.command("search")
 def rag_search(
     index: Annotated[Path, typer.Argument(help="Index directory from `niche rag index`.")],
@@ -109,46 +104,44 @@ def rag_search(
     from niche.rag import RagIndex
 
     for hit in RagIndex.open(index).search(query, k, mode):  # type: ignore[arg-type]
-        console.print(f"[bold]{hit.chunk.source}[/] ({hit.score:.4f})\n{hit.chunk.text}\n")
+        console.print(f"[bold]{escape(hit.chunk.source)}[/] ({hit.score:.4f})\n{escape(hit.chunk.text)}\n")
+
 
 @app.command("export")
 def export_command(
     specialist: Annotated[Path, typer.Argument(help="Specialist directory written by `niche train`.")],
     to: Annotated[str, typer.Option("--to", help="merged, gguf, ollama or vllm.")],
-    quant: Annotated[str, typer.Option(help="GGUF quantization: f16, q8_0 or q4_k_m.")] = "q4_k_m",
+    config_path: ConfigOption = None,
+    quant: Annotated[str | None, typer.Option(help="GGUF quantization: f16, q8_0 or q4_k_m [q4_k_m].")] = None,
     out: Annotated[
         Path | None, typer.Option(help="Export directory; SPECIALIST-TO[-QUANT] beside it when absent.")
     ] = None,
     data: Annotated[Path | None, typer.Option(help="Held-out rows for the parity check (default: data.test).")] = None,
-    parity_rows: Annotated[int, typer.Option(help="Held-out rows the parity check runs.")] = 32,
+    parity_rows: Annotated[int | None, typer.Option(help="Held-out rows the parity check runs [32].")] = None,
     max_metric_drop: Annotated[
-        float, typer.Option(help="Quantized exports: warn when the task metric drops by more than this.")
-    ] = 0.02,
+        float | None, typer.Option(help="Quantized exports: warn when the task metric drops by more than this [0.02].")
+    ] = None,
 ) -> None:
     """Export a specialist (merged weights, GGUF, Ollama, vLLM) and check it answers like the trained model."""
-    from niche.export import export_specialist, parity_table
+    from niche.config import command_section
+    from niche.export import default_export_dir, export_specialist, parity_table
 
-    suffix = f"-{quant}" if to in ("gguf", "ollama") else ""
-    target = out or specialist.parent / "exports" / f"{specialist.name}-{to}{suffix}"
-    result = export_specialist(
-        specialist,
-        to,  # type: ignore[arg-type]
-        target,
-        quant=quant,  # type: ignore[arg-type]
-        data=data,
-        parity_rows=parity_rows,
-        max_metric_drop=max_metric_drop,
+    settings = command_section(config_path, "export").updated(
+        quant=quant, parity_rows=parity_rows, max_metric_drop=max_metric_drop
     )
+    target = out or default_export_dir(specialist, to, settings.quant)
+    result = export_specialist(specialist, to, target, data=data, **settings.model_dump())  # type: ignore[arg-type]
     if result.parity:
         console.print(parity_table(result.parity))
     for warning in result.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
     if "command" in result.details:
         import shlex
 
         console.print(shlex.join(result.details["command"]))
     sizes = ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in result.files.items())
-    console.print(f"[green]exported to[/] {result.directory}: {sizes}")
+    console.print(f"[green]exported to[/] {escape(str(result.directory))}: {sizes}")
+
 
 @registry_app.command("show")
 def registry_show(name: Annotated[str, typer.Argument(help="Specialist (registered model) name.")]) -> None:
@@ -164,6 +157,7 @@ def registry_show(name: Annotated[str, typer.Argument(help="Specialist (register
             version.version, ", ".join(aliases), tags.get("gate", ""), tags.get("reason", ""), version.run_id or ""
         )
     console.print(table)
+
 
 @registry_app.command("promote")
 def registry_promote(

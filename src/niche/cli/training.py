@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
-from niche import __version__
-from niche.errors import ConfigError, NicheError
-
-from niche.cli.app import app, console, data_app, pipeline_app, rag_app, registry_app, state, print_report
+from niche.cli.app import Overrides, app, console, print_report
+from niche.errors import ConfigError
 
 
 @app.command("train")
@@ -45,7 +38,7 @@ def train_command(
     if not result.is_main_process:
         return
     metrics = result.manifest.metrics
-    console.print(f"[green]specialist written to[/] {result.specialist_dir}")
+    console.print(f"[green]specialist written to[/] {escape(str(result.specialist_dir))}")
     if metrics.get("method") == "grpo":
         console.print(
             f"grpo: steps {metrics['steps']}, {metrics['train_runtime_s']:.0f} s "
@@ -64,6 +57,7 @@ def train_command(
         f"{metrics['best_step']}, {validation}, {metrics['train_runtime_s']:.0f} s, {metrics['tokens_per_s']:.0f} "
         f"tokens/s{stopped.get(plan['stopped_by'] or '', '')}"
     )
+
 
 @app.command("eval")
 def eval_command(
@@ -88,14 +82,25 @@ def eval_command(
         ),
     ] = False,
     out: Annotated[Path | None, typer.Option(help="Write eval.json, eval.md and predictions.jsonl here.")] = None,
+    config_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="niche.yaml whose `eval` section replaces the one the specialist was trained with."
+        ),
+    ] = None,
 ) -> None:
     """Score a specialist (and optionally its base) on held-out data: table in the terminal, JSON and markdown on disk."""
+    from niche.config import command_section
     from niche.eval import evaluate, write_report
 
-    report = evaluate(specialist, data, base=base, constrain=constrain, batch_size=batch_size, baselines=baselines)
+    settings = command_section(config_path, "eval") if config_path is not None else None
+    report = evaluate(
+        specialist, data, base=base, constrain=constrain, batch_size=batch_size, baselines=baselines, settings=settings
+    )
     print_report(report)
     target = write_report(report, out or specialist.parent / "reports" / f"{specialist.name}-{data.stem}")
     console.print(f"report written to {target}")
+
 
 @app.command()
 def plan(
@@ -138,6 +143,7 @@ def plan(
                 f"({row['memory_error']:+.0%})"
                 + (f", tokens/s {row['time_error']:+.0%}" if "time_error" in row else "")
             )
+
 
 @app.command()
 def distill(
@@ -190,4 +196,4 @@ def distill(
     else:
         raise ConfigError(f"--mode {mode!r}: expected logits or sequence")
     metrics = result.manifest.metrics
-    console.print(f"[green]student written to[/] {result.specialist_dir} (eval loss {metrics['eval_loss']:.4f})")
+    console.print(f"[green]student written to[/] {escape(str(result.specialist_dir))} (eval loss {metrics['eval_loss']:.4f})")

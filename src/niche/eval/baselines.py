@@ -22,7 +22,9 @@ import numpy as np
 
 from niche.data.examples import Example
 from niche.data.tasks import label_of
-from niche.eval.metrics import label_metrics
+from niche.embed import load_embedder
+from niche.errors import require_extra
+from niche.metrics import label_metrics
 
 # Inverse regularisation strengths tried for each baseline; the best on the validation rows is kept.
 C_GRID = (1.0, 10.0, 100.0)
@@ -99,8 +101,6 @@ def fit_tfidf(train: Sequence[Example], validation: Sequence[Example], seed: int
 def fit_embeddings(
     train: Sequence[Example], validation: Sequence[Example], seed: int = 0, embedder: Any | None = None
 ) -> FittedBaseline:
-    from niche.embed import load_embedder
-
     started = time.perf_counter()
     model_embedder = embedder or load_embedder()
 
@@ -168,6 +168,7 @@ def run_baselines(
     on_fitted: Callable[[str], None] | None = None,
 ) -> list[BaselineScore]:
     """Fit each named baseline on `train` (C chosen on `validation`) and score it on `test`."""
+    require_extra("train", ("sklearn",), "the classic baselines")
     scores = []
     for name in names:
         fitted = FITTERS[name](train, validation, seed)

@@ -12,18 +12,19 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from niche.config import LadderSettings
+from niche.config import EvalSettings
 from niche.data.examples import Example
-from niche.data.formats import load_examples
-from niche.data.tasks import check_labels_known, label_of
-from niche.data.template import TemplateEncoder
+from niche.data.prepare import prepare_data
+from niche.data.template import TemplateEncoder, build_template
 from niche.errors import ConfigError, ModelError
+from niche.eval.baselines import run_baselines
 from niche.eval.generation import answer_examples
-from niche.eval.metrics import HEADLINE_METRIC, SCORERS, json_metrics
 from niche.hardware import detect_hardware
 from niche.io import atomic_directory, sha256_of_file, write_json_atomic, write_text_atomic
-from niche.specialist import SpecialistManifest, load_label_head, load_specialist
-from niche.tracking import log_to_run
+from niche.metrics import HEADLINE_METRIC, SCORERS, json_metrics
+from niche.models import load_model, load_tokenizer, prepare_for_inference, resolve_base
+from niche.specialist import SpecialistManifest, load_label_head, load_specialist, load_test_examples, references_of
+from niche.tracking import log_to_run, tracked_run
 
 
 @dataclass
@@ -57,18 +58,6 @@ class EvalReport:
         return payload
 
 
-def load_test_examples(path: Path, manifest: SpecialistManifest) -> list[Example]:
-    fields = manifest.config.get("data", {}).get("fields") or {}
-    examples = load_examples(path, manifest.task.data_format, fields).examples
-    if manifest.task.kind == "label" and manifest.task.labels:
-        check_labels_known(examples, manifest.task.labels)
-    return examples
-
-
-def references_of(examples: list[Example], task_kind: str) -> list[str]:
-    return [label_of(example) if task_kind == "label" else example.response for example in examples]
-
-
 # Tokens generated beyond the longest training answer before a JSON or free-text answer is cut.
 ANSWER_MARGIN_TOKENS = 32
 
@@ -78,17 +67,18 @@ def decoding_options(
     constrain: bool | None = None,
     batch_size: int | None = None,
     max_new_tokens: int | None = None,
+    settings: EvalSettings | None = None,
 ) -> dict[str, Any]:
     """How eval decodes for this specialist: label tasks within the label set, JSON tasks under the stored schema
     (both on unless turned off), with room for the longest training answer."""
-    settings = manifest.config.get("eval", {})
-    constrain = settings.get("constrain_to_labels", True) if constrain is None else constrain
+    settings = settings or manifest.trained_config().eval
+    constrain = settings.constrain_to_labels if constrain is None else constrain
     task = manifest.task
     # A JSON answer's strings may run to twice the longest seen (the inferred schema's bound: niche.data.schema).
     longest = (task.longest_answer_tokens or 0) * (2 if task.kind == "json" else 1)
-    budget = max_new_tokens or max(settings.get("max_new_tokens", 128), longest + ANSWER_MARGIN_TOKENS)
+    budget = max_new_tokens or max(settings.max_new_tokens, longest + ANSWER_MARGIN_TOKENS)
     return {
-        "batch_size": batch_size or settings.get("batch_size", 16),
+        "batch_size": batch_size or settings.batch_size,
         "max_new_tokens": budget,
         "allowed_answers": task.labels if constrain and task.kind == "label" and task.labels else None,
         "json_schema": task.output_schema if constrain and task.kind == "json" else None,
@@ -105,13 +95,14 @@ def evaluate(
     max_new_tokens: int | None = None,
     baselines: bool = False,
     show_progress: bool = True,
+    settings: EvalSettings | None = None,
 ) -> EvalReport:
     """Score the specialist, the bare base model with the identical prompt when `base` is given, and with
     `baselines` the classic baselines of a label task fitted on the specialist's own training rows."""
     hardware = detect_hardware()
     model, tokenizer, manifest = load_specialist(specialist_dir, hardware.device, hardware.dtype)
     examples = load_test_examples(Path(data_path), manifest)
-    options = decoding_options(manifest, constrain, batch_size, max_new_tokens)
+    options = decoding_options(manifest, constrain, batch_size, max_new_tokens, settings)
     constrained = options["allowed_answers"] is not None or options["json_schema"] is not None
     encoder = TemplateEncoder(tokenizer, manifest.template.to_template())
     references = references_of(examples, manifest.task.kind)
@@ -158,13 +149,10 @@ def evaluate(
 
 def track_eval(report: EvalReport, manifest: SpecialistManifest, data_path: Path) -> str | None:
     """One MLflow run per evaluation: what was scored on which data (by content hash), and every score."""
-    from niche.tracking import tracked_run
 
-    tracking = manifest.config.get("tracking") or {}
-    experiment = tracking.get("experiment") or manifest.name
-    with tracked_run(
-        experiment, "eval", enabled=tracking.get("enabled", True), run_name=f"eval {manifest.name}"
-    ) as tracker:
+    tracking = manifest.trained_config().tracking
+    experiment = tracking.experiment or manifest.name
+    with tracked_run(experiment, "eval", enabled=tracking.enabled, run_name=f"eval {manifest.name}") as tracker:
         tracker.params(
             {
                 "specialist": report.specialist,
@@ -186,7 +174,6 @@ def track_eval(report: EvalReport, manifest: SpecialistManifest, data_path: Path
 @contextlib.contextmanager
 def bare_base(model: Any, tokenizer: Any, manifest: SpecialistManifest, base: str, hardware: Any) -> Iterator[Any]:
     """The specialist's own base with the adapter switched off, or another base model loaded separately."""
-    from niche.models import load_model, load_tokenizer, prepare_for_inference, resolve_base
 
     if base in ("base", manifest.base.spec) and manifest.task.head is None:
         with model.disable_adapter():
@@ -230,9 +217,8 @@ def zero_shot(
 ) -> tuple[TemplateEncoder, dict[str, Any]]:
     """The base model's template with a system prompt naming the labels (the config's own, else ZERO_SHOT_PROMPT),
     decoding within the label set."""
-    from niche.data.template import build_template
 
-    configured = (manifest.config.get("prompt") or {}).get("system_prompt")
+    configured = manifest.trained_config().prompt.system_prompt
     template = build_template(tokenizer, configured or ZERO_SHOT_PROMPT, None, manifest.task.labels)
     return TemplateEncoder(tokenizer, template), options | {"allowed_answers": manifest.task.labels}
 
@@ -246,11 +232,9 @@ def score_predictions(manifest: SpecialistManifest, predictions: list[str], refe
 def training_rows(manifest: SpecialistManifest) -> tuple[list[Example], list[Example]]:
     """The rows the specialist trained and validated on, rebuilt from its stored config (the split is seeded), after
     checking the training file is still the one it trained on."""
-    from niche.config import NicheConfig
-    from niche.data.prepare import prepare_data
 
     recorded = manifest.data.get("train")
-    config = NicheConfig.model_validate(manifest.config)
+    config = manifest.trained_config()
     if recorded is None or config.data.train is None or not Path(config.data.train).is_file():
         raise ConfigError(
             f"the baselines are fitted on the specialist's training rows, and {recorded.path if recorded else 'its training file'} "
@@ -269,7 +253,6 @@ def baseline_scores(
     manifest: SpecialistManifest, examples: list[Example], references: list[str], show_progress: bool
 ) -> list[ModelScore]:
     """TF-IDF and sentence-embedding logistic regressions, fitted on the specialist's training rows."""
-    from niche.eval.baselines import run_baselines
 
     if manifest.task.kind != "label":
         raise ConfigError(
@@ -279,7 +262,7 @@ def baseline_scores(
     if show_progress:
         print(f"fitting the classic baselines on {len(train_rows)} training rows")
     scores = run_baselines(train_rows, validation_rows, examples, references, manifest.task.labels, seed=0)
-    price = LadderSettings.model_validate(manifest.config.get("ladder", {})).price_per_hour
+    price = manifest.trained_config().ladder.price_per_hour
     return [
         ModelScore(
             score.name,

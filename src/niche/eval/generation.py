@@ -11,6 +11,7 @@ import torch
 from niche.data.examples import Example
 from niche.data.template import TemplateEncoder
 from niche.decoding import AnswerTrie, JsonGrammar, TokenConstraint, answer_trie
+from niche.head import classify
 
 
 class ConstrainedRows:
@@ -120,8 +121,6 @@ def answer_examples(
     otherwise greedily generated with the options (batch size, budget, label or schema constraint)."""
     head = options.get("head")
     if head is not None:
-        from niche.head import classify
-
         return classify(
             model, head, encoder, options["labels"], examples, batch_size=options["batch_size"], on_batch=on_batch
         )

@@ -8,7 +8,8 @@ import io
 import math
 from typing import Any
 
-from niche.ladder import LadderReport
+from niche.errors import require_extra
+from niche.ladder.results import LadderReport
 
 
 def _number(value: Any, digits: int = 3) -> str:
@@ -143,6 +144,7 @@ def _png(figure: Any) -> str:
 
 
 def _plots(report: LadderReport) -> list[tuple[str, str]]:
+    require_extra("train", ("matplotlib",), "the ladder's plots")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,14 +1,5 @@
-"""`niche ladder`: the decision ladder on one held-out set, with numbers.
-
-Rungs, cheapest to build first: the stock base model, the base with retrieval (RAG), the fine-tuned
-specialist, and the specialist with retrieval. Each is scored with the specialist's stored prompt on the same
-test rows (label tasks decode within the label set, for every rung alike), timed for throughput (batched) and
-latency (one request at a time), and costed per million tokens and per thousand requests from the measured
-throughput and a configured hardware price. The recommendation is the cheapest rung that reaches the target
-on the headline metric. Forgetting probes (general-text perplexity, everyday multiple-choice accuracy)
-compare the base with the specialist. Everything lands in ladder.json, ladder.md and a self-contained
-ladder.html with plots.
-"""
+"""Running the ladder: build each rung, score and time it on the held-out rows, cost it, probe forgetting, and
+write the reports."""
 
 from __future__ import annotations
 
@@ -17,7 +8,6 @@ import dataclasses
 import json
 import statistics
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,76 +15,28 @@ from niche.config import NicheConfig
 from niche.data.examples import Example
 from niche.data.template import TemplateEncoder
 from niche.errors import ConfigError
-from niche.eval.baselines import BASELINES
+from niche.eval.baselines import run_baselines
 from niche.eval.evaluate import (
     bare_base,
     decoding_options,
-    load_test_examples,
-    references_of,
     score_model,
     training_rows,
     zero_shot,
 )
 from niche.eval.generation import answer_examples
-from niche.eval.metrics import HEADLINE_METRIC
 from niche.hardware import detect_hardware
 from niche.io import atomic_directory, sha256_of_file, write_json_atomic, write_text_atomic
+from niche.ladder.report import ladder_html, ladder_markdown
+from niche.ladder.results import RUNGS, LadderReport, Rung, recommend
+from niche.metrics import HEADLINE_METRIC
 from niche.probes import everyday_questions, probe, read_general_text, read_questions, relative_change
-from niche.specialist import MANIFEST_NAME, load_label_head, load_specialist
+from niche.rag import RagIndex, context_of, retrieval_metrics
+from niche.specialist import is_specialist, load_label_head, load_specialist, load_test_examples, references_of
 from niche.tracking import log_to_run, tracked_run
-
-# Label tasks add the classic baselines (niche.eval.baselines.BASELINES) as rungs: no language model at all.
-RUNGS = (("base", False, False), ("base+rag", False, True), ("specialist", True, False), ("specialist+rag", True, True))
-
-
-@dataclass
-class Rung:
-    name: str
-    metrics: dict[str, Any]
-    headline: float
-    examples_per_s: float
-    tokens_per_s: float
-    prompt_tokens_per_request: float
-    latency_p50_ms: float
-    latency_p95_ms: float
-    cost_per_million_tokens: float
-    cost_per_thousand_requests: float
-    predictions: list[str] = field(default_factory=list, repr=False)
-    build_seconds: float | None = None  # what it took to get: the specialist's training, a baseline's fit
-
-
-@dataclass
-class LadderReport:
-    specialist: str
-    test_rows: int
-    task_kind: str
-    headline_metric: str
-    target: float
-    price_per_hour: float
-    rungs: list[Rung]
-    recommendation: str
-    reason: str
-    retrieval: dict[str, Any] = field(default_factory=dict)
-    forgetting: dict[str, Any] = field(default_factory=dict)
-    training_log: list[dict[str, Any]] = field(default_factory=list)
-    labels: list[str] = field(default_factory=list)
-    references: list[str] = field(default_factory=list, repr=False)
-    notes: list[str] = field(default_factory=list)
-    engines: list[dict[str, Any]] = field(default_factory=list)  # measured serving options, costed
-    run_id: str | None = None  # the MLflow run; write_ladder_report attaches the report to it
-
-    def to_json(self) -> dict[str, Any]:
-        payload = dataclasses.asdict(self)
-        payload.pop("references")
-        payload.pop("run_id")
-        for rung in payload["rungs"]:
-            rung.pop("predictions")
-        return payload
+from niche.train import train
 
 
 def _index_for(config: NicheConfig, show_progress: bool) -> Any | None:
-    from niche.rag import RagIndex
-
     directory = config.rag.index or config.output_dir / f"{config.name}-index"
     if (directory / "index.sqlite").is_file():
         return RagIndex.open(directory)
@@ -154,32 +96,10 @@ def _score_rung(
     )
 
 
-def recommend(rungs: list[Rung], target: float) -> tuple[str, str]:
-    """The cheapest rung (per request) reaching the target; otherwise the best-scoring one, saying so. A classic
-    baseline that reaches the target is recommended like any rung: it needs no language model at all."""
-    meeting = [rung for rung in rungs if rung.headline >= target]
-    if meeting:
-        choice = min(meeting, key=lambda rung: rung.cost_per_thousand_requests)
-        reason = (
-            f"{choice.name} reaches the target {target:g} ({choice.headline:.3f}) at the lowest cost per request "
-            f"among the {len(meeting)} rung(s) that do"
-        )
-        if choice.name in BASELINES:
-            specialist = next((rung for rung in rungs if rung.name == "specialist"), None)
-            versus = f" (the specialist scores {specialist.headline:.3f})" if specialist else ""
-            reason += f"; a classic baseline needs no language model: use it{versus}"
-        return choice.name, reason
-    best = max(rungs, key=lambda rung: rung.headline)
-    return best.name, f"no rung reaches the target {target:g}; {best.name} scores highest ({best.headline:.3f})"
-
-
 def run_ladder(config: NicheConfig, *, show_progress: bool = True) -> LadderReport:
-    from niche.rag import context_of, retrieval_metrics
-    from niche.train import train
-
     if config.data.test is None:
         raise ConfigError("ladder: data.test must name the held-out set every rung is scored on")
-    if not (config.specialist_dir / MANIFEST_NAME).is_file():
+    if not is_specialist(config.specialist_dir):
         if show_progress:
             print(f"no specialist at {config.specialist_dir}: training it first")
         train(config, show_progress=show_progress)
@@ -279,7 +199,6 @@ def _baseline_rungs(
     show_progress: bool,
 ) -> list[Rung]:
     """TF-IDF and embedding logistic regressions fitted on the specialist's training rows, as rungs."""
-    from niche.eval.baselines import run_baselines
 
     train_rows, validation_rows = rows
     if show_progress:
@@ -380,7 +299,6 @@ def _forgetting(model: Any, tokenizer: Any, config: NicheConfig, show_progress: 
 
 
 def write_ladder_report(report: LadderReport, out_dir: Path) -> Path:
-    from niche.report import ladder_html, ladder_markdown
 
     with atomic_directory(out_dir) as staging:
         write_json_atomic(staging / "ladder.json", report.to_json())

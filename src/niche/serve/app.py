@@ -27,7 +27,7 @@ from starlette.concurrency import iterate_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from niche.errors import NicheError
-from niche.serve.engine import (
+from niche.serve.base import (
     Completion,
     EngineCore,
     Generation,

@@ -24,21 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from niche.errors import ModelError, require_llama_cpp
-from niche.serve.engine import BASE_ADAPTER, DEFAULT_MAX_QUEUE, EngineCore, Generation
+from niche.gguf import last_logits, lora_gguf, shared_base_gguf
+from niche.serve.base import BASE_ADAPTER, DEFAULT_MAX_QUEUE, EngineCore, Generation
 
 log = logging.getLogger(__name__)
-
-
-def last_logits(llm: Any) -> np.ndarray:
-    """The logits llama.cpp computed for the last evaluated position (a copy)."""
-    import llama_cpp
-
-    pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
-    return np.ctypeslib.as_array(pointer, shape=(llm.n_vocab(),)).copy()
 
 
 class LlamaCppEngine(EngineCore):
@@ -53,8 +45,6 @@ class LlamaCppEngine(EngineCore):
     ) -> None:
         require_llama_cpp("--engine llamacpp")
         from llama_cpp import Llama
-
-        from niche.export import shared_base_gguf
 
         super().__init__(specialists_dir, max_loaded, timeout_s, max_queue)
         self.base_gguf = shared_base_gguf(self.base)
@@ -76,8 +66,6 @@ class LlamaCppEngine(EngineCore):
 
     def _load_adapter(self, name: str, adapter: str) -> None:
         import llama_cpp
-
-        from niche.export import lora_gguf
 
         path = lora_gguf(self.specialists[name][0], self.base)
         handle = llama_cpp.llama_adapter_lora_init(self.llm.model, str(path).encode())

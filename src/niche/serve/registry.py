@@ -12,7 +12,7 @@ import logging
 import threading
 
 from niche import tracking
-from niche.serve.engine import EngineCore
+from niche.serve.base import EngineCore
 
 log = logging.getLogger("niche.serve")
 

@@ -75,7 +75,7 @@ def training_inputs(directory: Path, manifest: SpecialistManifest, limit: int = 
             record.path if record else "(none)",
         )
         return []
-    fields = manifest.config.get("data", {}).get("fields") or {}
+    fields = manifest.trained_config().data.fields
     texts = [example.input_text for example in load_examples(record.path, manifest.task.data_format, fields).examples]
     random.Random(0).shuffle(texts)
     return texts[:limit]

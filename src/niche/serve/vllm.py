@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any, NoReturn
 
 from niche.errors import ModelError
-from niche.serve.engine import discover_specialists
-from niche.specialist import SpecialistManifest, resolve_specialist_base
-
-# vLLM's --max-lora-rank accepts these values.
-VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
-
-
-def vllm_problems(manifest: SpecialistManifest, adapter_config: dict) -> list[str]:
-    """What vLLM would reject in this adapter (see PITFALLS #6)."""
-    problems = []
-    if adapter_config.get("modules_to_save"):
-        problems.append(
-            f"modules_to_save={adapter_config['modules_to_save']} (vLLM cannot load trained embeddings or heads)"
-        )
-    if int(adapter_config.get("r", 0)) > VLLM_LORA_RANKS[-1]:
-        problems.append(f"rank {adapter_config['r']} exceeds vLLM's largest --max-lora-rank {VLLM_LORA_RANKS[-1]}")
-    if adapter_config.get("use_dora"):
-        problems.append("DoRA adapters are not supported by vLLM's LoRA loader")
-    targets = adapter_config.get("target_modules") or []
-    targets = [targets] if isinstance(targets, str) else targets
-    unsupported = sorted(set(targets) & {"embed_tokens", "lm_head", "wte", "word_embeddings"})
-    if unsupported:
-        problems.append(f"LoRA on {unsupported} (vLLM applies LoRA to attention and MLP projections only)")
-    return problems
+from niche.specialist import discover_specialists
+from niche.vllm_compat import vllm_command_for
 
 
 def vllm_command(specialists_dir: Path, host: str = "127.0.0.1", port: int = 8000) -> list[str]:
@@ -39,38 +19,23 @@ def vllm_command(specialists_dir: Path, host: str = "127.0.0.1", port: int = 800
     return vllm_command_for(specialists, host, port)
 
 
-def vllm_command_for(
-    specialists: dict[str, tuple[Path, SpecialistManifest]], host: str = "127.0.0.1", port: int = 8000
-) -> list[str]:
-    import json
+VLLM_TEMPLATE_NOTE = (
+    "Note: vLLM applies the base tokenizer's chat template; send each specialist's system prompt "
+    "(niche.json template.system_prompt) with the request to match training."
+)
 
-    bases = {manifest.base.weights_sha256 for _, manifest in specialists.values()}
-    if len(bases) > 1:
-        raise ModelError("the specialists were trained on different bases; vLLM serves one base")
-    ranks, problems = [], []
-    for name, (directory, manifest) in specialists.items():
-        adapter_config = json.loads((directory / "adapter_config.json").read_text())
-        ranks.append(int(adapter_config["r"]))
-        problems += [f"{name}: {problem}" for problem in vllm_problems(manifest, adapter_config)]
-    if problems:
-        raise ModelError("vLLM would reject these adapters:\n  " + "\n  ".join(problems))
-    base = resolve_specialist_base(next(iter(specialists.values()))[1])
-    max_rank = next(rank for rank in VLLM_LORA_RANKS if rank >= max(ranks))
-    return [
-        "vllm",
-        "serve",
-        str(base.directory),
-        "--served-model-name",
-        "base",
-        "--enable-lora",
-        "--lora-modules",
-        *[f"{name}={directory.resolve()}" for name, (directory, _) in specialists.items()],
-        "--max-lora-rank",
-        str(max_rank),
-        "--max-loras",
-        str(len(specialists)),
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
+
+class VllmLauncher:
+    """The `vllm` engine: vLLM serves the specialists in its own process, from the command this engine builds.
+    Engine options of the in-process engines (batch size, queue) are vLLM's own flags and not passed on."""
+
+    def __init__(self, specialists_dir: Path, **ignored_options: Any) -> None:
+        self.specialists_dir = specialists_dir
+        self.ignored_options = sorted(ignored_options)
+
+    def command(self, host: str = "127.0.0.1", port: int = 8000) -> list[str]:
+        return vllm_command(self.specialists_dir, host, port)
+
+    def launch(self, host: str, port: int) -> NoReturn:
+        command = self.command(host, port)
+        os.execvp(command[0], command)

@@ -14,12 +14,13 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from niche.probes import everyday_questions, multiple_choice_accuracy
+
 log = logging.getLogger(__name__)
 
 
 def everyday_accuracy(tokenizer: Any, count: int) -> Callable[[Any], float]:
     """A measurement: accuracy on the first `count` of niche's everyday questions (a fixed, seeded subset)."""
-    from niche.probes import everyday_questions, multiple_choice_accuracy
 
     questions = everyday_questions()[:: max(1, len(everyday_questions()) // count)][:count]
 

@@ -19,12 +19,23 @@ from typing import Any
 
 from niche.config import NicheConfig
 from niche.data.examples import Example
+from niche.data.prepare import prepare_data
 from niche.data.tasks import label_of
 from niche.data.template import TemplateEncoder, specialist_template
-from niche.errors import ConfigError
+from niche.errors import ConfigError, require_extra
 from niche.hardware import detect_hardware
 from niche.models import load_model, load_tokenizer, resolve_base
+from niche.specialist import read_manifest, require_generative, resolve_specialist_base
 from niche.tracking import tracked_run
+from niche.train.common import (
+    TrainResult,
+    build_manifest,
+    checkpoint_dir_for,
+    lora_config,
+    write_trained_specialist,
+)
+from niche.train.engine import RichProgressCallback, TrackerCallback
+from niche.train.recipe import DataProfile, apply_recipe, choose_recipe
 from niche.train.rewards import build_reward
 
 log = logging.getLogger(__name__)
@@ -65,22 +76,11 @@ def reward_summary(log_history: list[dict[str, Any]]) -> dict[str, float | None]
 
 
 def train_grpo(config: NicheConfig, *, show_progress: bool = True) -> Any:
+    require_extra("train", ("accelerate", "trl", "datasets"), "GRPO training")
     from accelerate import PartialState
     from peft import PeftModel
     from transformers import set_seed
     from trl import GRPOConfig, GRPOTrainer
-
-    from niche.data.prepare import prepare_data
-    from niche.specialist import read_manifest, require_generative, resolve_specialist_base
-    from niche.train.engine import RichProgressCallback, TrackerCallback
-    from niche.train.recipe import DataProfile, apply_recipe, choose_recipe
-    from niche.train.sft import (
-        TrainResult,
-        build_manifest,
-        checkpoint_dir_for,
-        lora_config,
-        write_specialist,
-    )
 
     for field_name in ("time_budget", "early_stopping_patience"):
         if getattr(config.training, field_name) is not None:
@@ -193,7 +193,7 @@ def train_grpo(config: NicheConfig, *, show_progress: bool = True) -> Any:
         manifest.hyperparameters |= {"method": "grpo", "grpo": settings.model_dump(mode="json") | {"rewards": rewards}}
         if start is not None:
             manifest.hyperparameters["grpo"]["start_from"] = str(Path(start).resolve())
-        write_specialist(config.specialist_dir, trained, tokenizer, base, manifest, [], history)
+        write_trained_specialist(config.specialist_dir, trained, tokenizer, base, manifest, [], history)
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
         tracker.metrics({key: value for key, value in metrics.items() if isinstance(value, (int, float))})
         tracker.artifacts(config.specialist_dir, "specialist")

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from niche.errors import ConfigError
-from niche.eval.metrics import token_f1
+from niche.metrics import token_f1
+from niche.teachers import make_teacher
 
 log = logging.getLogger(__name__)
 
@@ -278,8 +279,6 @@ def build_reward(spec: dict[str, Any], group_size: int) -> RewardFunction:
 
 
 def _judge(options: dict[str, Any], group_size: int) -> RelativeJudge:
-    from niche.synth import make_teacher
-
     teacher = options.get("teacher")
     if not teacher:
         raise ConfigError("grpo.rewards judge: needs teacher (an OpenAI-compatible URL or local:NAME)")

@@ -13,7 +13,6 @@ import logging
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +24,11 @@ from niche.data.formats import load_examples
 from niche.data.prepare import PreparedData, fingerprint_of, prepare_data
 from niche.data.template import EncodedExample, PromptTemplate, TemplateEncoder, specialist_template
 from niche.decoding import JsonGrammar
-from niche.errors import ConfigError, DataError
+from niche.errors import ConfigError, DataError, require_extra
 from niche.hardware import Hardware, detect_hardware, training_attention
-from niche.head import HEAD_TEMPLATE, save_head
-from niche.io import atomic_directory, write_json_atomic, write_text_atomic
+from niche.head import HEAD_TEMPLATE
 from niche.models import ResolvedBase, load_model, load_tokenizer, resolve_base
-from niche.specialist import (
-    MANIFEST_NAME,
-    BaseModelRecord,
-    HeadRecord,
-    SpecialistManifest,
-    TaskRecord,
-    TemplateRecord,
-    library_versions,
-)
+from niche.specialist import load_specialist
 from niche.tracking import tracked_run
 from niche.train.budget import PlannerCallback, TrainingPlan
 from niche.train.classify import (
@@ -49,19 +39,26 @@ from niche.train.classify import (
     build_head_model,
     encode_for_head,
 )
+from niche.train.common import (
+    TrainResult,
+    build_manifest,
+    checkpoint_dir_for,
+    lora_config,
+    write_trained_specialist,
+)
+from niche.train.engine import (
+    PaddingCollator,
+    RichProgressCallback,
+    SupervisedOnlyTrainer,
+    TrackerCallback,
+    as_features,
+)
+from niche.train.forgetting import ForgettingProbeCallback, everyday_accuracy
+from niche.train.kd import DistillTrainer
 from niche.train.memory import MicroBatch, activation_bytes_per_row, choose_micro_batch
-from niche.train.recipe import DataProfile, Recipe, apply_recipe, choose_recipe, default_objective
+from niche.train.recipe import DataProfile, apply_recipe, choose_recipe, default_objective
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainResult:
-    specialist_dir: Path
-    manifest: SpecialistManifest
-    log_history: list[dict[str, Any]] = field(default_factory=list)
-    is_main_process: bool = True
-    run_id: str | None = None  # the MLflow run, when tracked
 
 
 def encode_examples(
@@ -100,31 +97,6 @@ def encode_replay(
     return encode_examples(encoder, chosen, config.training.max_seq_length)
 
 
-def lora_config(config: NicheConfig, layers: int | None = None, model: Any = None) -> Any:
-    """LoRA as configured; with `layers`, only on the first that many decoder layers of `model` (a label head's:
-    the adapter then carries nothing for layers the head never runs, also when it is served on the whole base)."""
-    from peft import LoraConfig
-
-    targets = config.lora.target_modules
-    if layers is not None and targets == "all-linear":
-        # PEFT takes a layer range only with named modules: every linear module name in the decoder layers.
-        targets = sorted(
-            {
-                name.rsplit(".", 1)[-1]
-                for name, module in model.get_decoder().layers.named_modules()
-                if isinstance(module, torch.nn.Linear)
-            }
-        )
-    return LoraConfig(
-        r=config.lora.r,
-        lora_alpha=config.lora.alpha,
-        lora_dropout=config.lora.dropout,
-        target_modules=targets,
-        layers_to_transform=list(range(layers)) if layers is not None else None,
-        task_type="CAUSAL_LM",
-    )
-
-
 # The Trainer's validation cadence argument; the planner (niche.train.budget) sets the cadence it runs.
 PROVISIONAL_EVAL_EVERY = 50
 
@@ -135,7 +107,6 @@ def training_arguments(
     """The Trainer's arguments; a label head keeps the checkpoint with the best validation accuracy, a generative
     specialist the one with the lowest validation loss. Each optimizer step takes batch_size rows in passes of
     micro_batch.rows."""
-    import torch
     from transformers import TrainingArguments
 
     settings = config.training
@@ -178,18 +149,11 @@ def training_arguments(
     )
 
 
-def checkpoint_dir_for(config: NicheConfig) -> Path:
-    return config.output_dir / f".{config.name}.checkpoints"
-
-
-def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = True) -> TrainResult:
-    """Train a LoRA specialist as configured and write it to config.output_dir / config.name."""
+def train_sft(config: NicheConfig, *, resume: bool = False, show_progress: bool = True) -> TrainResult:
+    """Supervised fine-tuning (generative, label head, or with a KD teacher) as configured; the specialist is
+    written to config.output_dir / config.name."""
+    require_extra("train", ("accelerate",), "training")
     from accelerate import PartialState
-
-    if config.training.method == "grpo":
-        from niche.train.grpo import train_grpo
-
-        return train_grpo(config, show_progress=show_progress)
 
     # The time budget covers the whole run, from here to the specialist written.
     clock = time.monotonic()
@@ -244,8 +208,6 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
             config, hardware, model, tokenizer, train_encoded, validation_encoded, show_progress, plan, micro_batch
         )
         if tracker.active:
-            from niche.train.engine import TrackerCallback
-
             trainer.add_callback(TrackerCallback(tracker))
         started = time.perf_counter()
         output = trainer.train(resume_from_checkpoint=True if resume else None)
@@ -279,7 +241,7 @@ def train(config: NicheConfig, *, resume: bool = False, show_progress: bool = Tr
             }
         manifest = build_manifest(config, base, hardware, model, encoder, data, metrics, len(rejects), recipe)
         if trainer.is_world_process_zero():
-            write_specialist(
+            write_trained_specialist(
                 config.specialist_dir, model, tokenizer, base, manifest, rejects, trainer.state.log_history
             )
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -440,8 +402,6 @@ def build_trainer(
     from transformers import EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback
 
-    from niche.train.engine import PaddingCollator, RichProgressCallback, SupervisedOnlyTrainer, as_features
-
     options: dict[str, Any] = {}
     trainer_class: Any = SupervisedOnlyTrainer
     collator: Any = PaddingCollator(tokenizer.pad_token_id)
@@ -450,9 +410,6 @@ def build_trainer(
         trainer_class, collator = ClassifierTrainer, HeadCollator(tokenizer.pad_token_id)
         options["compute_metrics"] = accuracy_metric
     elif config.distill.teacher is not None:
-        from niche.distill import DistillTrainer
-        from niche.specialist import load_specialist
-
         teacher, _, _ = load_specialist(config.distill.teacher, hardware.device, hardware.dtype)
         trainer_class, options = DistillTrainer, {"teacher": teacher, "settings": config.distill}
     trainer = trainer_class(
@@ -473,8 +430,6 @@ def build_trainer(
     if settings.early_stopping_patience:
         trainer.add_callback(EarlyStoppingCallback(settings.early_stopping_patience))
     if settings.forgetting_probe_every:
-        from niche.train.forgetting import ForgettingProbeCallback, everyday_accuracy
-
         trainer.add_callback(
             ForgettingProbeCallback(
                 everyday_accuracy(tokenizer, settings.forgetting_probe_questions),
@@ -484,91 +439,3 @@ def build_trainer(
             )
         )
     return trainer
-
-
-def build_manifest(
-    config: NicheConfig,
-    base: ResolvedBase,
-    hardware: Hardware,
-    model: Any,
-    encoder: TemplateEncoder,
-    data: PreparedData,
-    metrics: dict[str, Any],
-    rejected_rows: int,
-    recipe: Recipe | None = None,
-) -> SpecialistManifest:
-    return SpecialistManifest(
-        name=config.name,
-        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        base=BaseModelRecord(
-            spec=base.spec,
-            kind=base.kind,
-            weights_sha256=base.weights_sha256,
-            model_type=_causal_lm(model).config.model_type,
-        ),
-        template=TemplateRecord(
-            system_prompt=encoder.template.system_prompt,
-            chat_template=encoder.template.chat_template,
-            stop_token_ids=encoder.stop_ids,
-        ),
-        task=TaskRecord(
-            kind=data.task_kind,
-            labels=data.labels,
-            data_format=data.data_format,
-            output_schema=data.output_schema,
-            schema_source=data.schema_source,
-            longest_answer_tokens=metrics.get("longest_answer_tokens"),
-            head=HeadRecord(layer=recipe.head_layer) if recipe is not None and recipe.head_layer is not None else None,
-        ),
-        data=data.fingerprints,
-        hyperparameters={
-            "lora": config.lora.model_dump(),
-            "training": config.training.model_dump(),
-            "quantization": config.quantization,
-        }
-        | ({"recipe": recipe.record()} if recipe is not None else {}),
-        metrics=metrics,
-        rejected_rows=rejected_rows,
-        hardware=hardware.description,
-        versions=library_versions(),
-        config=json.loads(config.model_dump_json()),
-    )
-
-
-def write_specialist(
-    target: Path,
-    model: Any,
-    tokenizer: Any,
-    base: ResolvedBase,
-    manifest: SpecialistManifest,
-    rejects: list[dict[str, Any]],
-    log_history: list[dict[str, Any]],
-) -> None:
-    """Adapter, tokenizer (carrying the exact chat template), manifest, rejects and loss log, renamed into place whole."""
-    with atomic_directory(target) as staging:
-        if isinstance(model, HeadModel):
-            model.backbone.save_pretrained(staging)
-            save_head(model.head, staging)
-        else:
-            model.save_pretrained(staging)
-        tokenizer.chat_template = manifest.template.chat_template
-        tokenizer.save_pretrained(staging)
-        _point_adapter_at_base(staging, base)
-        write_json_atomic(staging / "training_log.json", log_history)
-        if rejects:
-            write_text_atomic(
-                staging / "rejects.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rejects)
-            )
-        write_json_atomic(staging / MANIFEST_NAME, json.loads(manifest.model_dump_json()))
-
-
-def _causal_lm(model: Any) -> Any:
-    return (model.backbone if isinstance(model, HeadModel) else model).get_base_model()
-
-
-def _point_adapter_at_base(directory: Path, base: ResolvedBase) -> None:
-    """PEFT records the path it loaded from; keep the checkpoint directory so PeftModel.from_pretrained finds it."""
-    config_path = directory / "adapter_config.json"
-    adapter_config = json.loads(config_path.read_text())
-    adapter_config["base_model_name_or_path"] = str(base.directory)
-    write_json_atomic(config_path, adapter_config)
