@@ -188,8 +188,9 @@ def curate(inputs: list[Path], out_dir: Path, settings: CurateSettings | None = 
     index = NearDuplicateIndex(
         settings.near_duplicate_threshold, settings.num_perm, settings.shingle_size, settings.seed + 1
     )
-    signatures = index.hasher.signatures([_conversation_text(example) for example in unique])
-    survivors = _resolve_near_duplicates(unique, votes, index, signatures, settings, rejects, report)
+    texts = [_conversation_text(example) for example in unique]
+    signatures = index.hasher.signatures(texts)
+    survivors = _resolve_near_duplicates(unique, texts, votes, index, signatures, settings, rejects, report)
     curated, curated_signatures = [unique[position] for position in survivors], signatures[survivors]
     report.stages["after_near_dedup_and_conflicts"] = len(curated)
     split_positions = _stratified_split([example.label for example in curated], settings.split, settings.seed)
@@ -259,6 +260,7 @@ def _drop_exact_duplicates(
 
 def _resolve_near_duplicates(
     unique: list[Example],
+    texts: list[str],
     votes: Counter[str],
     index: NearDuplicateIndex,
     signatures: Any,
@@ -271,8 +273,7 @@ def _resolve_near_duplicates(
     clusters = index.clusters_of(signatures)
     # Identical inputs are one cluster even when they have no words to shingle.
     by_input: dict[str, int] = {}
-    for position, example in enumerate(unique):
-        text = _conversation_text(example)
+    for position, text in enumerate(texts):
         clusters[position] = min(clusters[position], by_input.setdefault(text, int(clusters[position])))
     members: dict[int, list[int]] = defaultdict(list)
     for position, cluster in enumerate(clusters.tolist()):

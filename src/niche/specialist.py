@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
 from niche.config import NicheConfig
 from niche.data.examples import Example
@@ -86,11 +86,17 @@ class SpecialistManifest(BaseModel):
     versions: dict[str, str]
     config: dict[str, Any]  # the niche.yaml it was trained with, as stored; typed by `trained_config()`
 
+    _trained_config: NicheConfig | None = PrivateAttr(default=None)
+
     def trained_config(self) -> NicheConfig:
         """The configuration the specialist was trained with, validated by the model that validated it then, so
-        readers get its settings and their defaults from one place (`niche.config`), never literals of their own."""
+        readers get its settings and their defaults from one place (`niche.config`), never literals of their own.
+        Validated once per manifest: eval, the router and export each read it several times."""
+        if self._trained_config is not None:
+            return self._trained_config
         try:
-            return NicheConfig.model_validate(self.config)
+            self._trained_config = NicheConfig.model_validate(self.config)
+            return self._trained_config
         except ValidationError as error:
             raise ModelError(
                 f"specialist {self.name!r}: its stored config (niche.json `config`) does not match this niche's "

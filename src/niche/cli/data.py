@@ -38,7 +38,9 @@ def data_check(
 
     tokenizer = load_tokenizer(resolve_base(base)) if tokens else None
     report = check_data(file, format, _parse_fields(field), tokenizer=tokenizer)
-    console.print(f"[bold]{escape(str(report.path))}[/]: {report.rows} examples, format {report.format}, task {report.task_kind}")
+    console.print(
+        f"[bold]{escape(str(report.path))}[/]: {report.rows} examples, format {report.format}, task {report.task_kind}"
+    )
     if report.label_counts:
         table = Table("label", "examples", "share")
         for label, count in report.label_counts.items():

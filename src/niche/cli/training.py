@@ -196,4 +196,6 @@ def distill(
     else:
         raise ConfigError(f"--mode {mode!r}: expected logits or sequence")
     metrics = result.manifest.metrics
-    console.print(f"[green]student written to[/] {escape(str(result.specialist_dir))} (eval loss {metrics['eval_loss']:.4f})")
+    console.print(
+        f"[green]student written to[/] {escape(str(result.specialist_dir))} (eval loss {metrics['eval_loss']:.4f})"
+    )
