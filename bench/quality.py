@@ -29,6 +29,7 @@ import platform
 import time
 from pathlib import Path
 
+from provenance import code_provenance
 from public_data import clinc150, per_label, stratified_rows, write_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,6 +131,7 @@ def main() -> None:
     )
     best_classic = max(main_run["tfidf+logreg"]["accuracy"], main_run["embeddings+logreg"]["accuracy"])
     payload = {
+        "code": code_provenance(),
         "benchmark": "CLINC150 in-scope intents (150), full train set, full test set; niche defaults, one budget",
         "data": {"train_rows": len(data["train"]), "test_rows": len(data["test"]), "base_rows_sampled": base["rows"]},
         "budget": args.budget,

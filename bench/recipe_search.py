@@ -24,6 +24,7 @@ import json
 import time
 from pathlib import Path
 
+from provenance import code_provenance
 from public_data import dataset_files
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,6 +95,7 @@ def run(name: str, dataset: str, overrides: list[str], budget: str) -> dict:
         "test_rows": report.rows,
         "eval_seconds": round(eval_seconds, 1),
         "dtype": detect_hardware().description,
+        "code": code_provenance(),
     }
     if report.task_kind == "json":
         record["json"] = {

@@ -1,0 +1,25 @@
+"""Which code wrote a results file: the commit, whether the tree had uncommitted changes, and when."""
+
+from __future__ import annotations
+
+import datetime
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def code_provenance() -> dict:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=REPO, capture_output=True, text=True, check=True, timeout=10
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {
+        "commit": git("rev-parse", "--short", "HEAD") or "unknown (not a git checkout)",
+        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
