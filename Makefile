@@ -11,7 +11,7 @@ LLAMA_CPP_STAMP := $(VENV)/.llama-cpp
 # too (its +cpu build wins; a local CPU wheel found by pip's find-links wins the same way, with no download).
 TORCH_INDEX := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo --extra-index-url https://download.pytorch.org/whl/cpu)
 
-.PHONY: install demo test bench lint clean browser llama-cpp python
+.PHONY: install demo test bench lint clean browser llama-cpp python serve-only-check
 
 install: $(STAMP)
 
@@ -53,9 +53,22 @@ $(LLAMA_CPP_STAMP): | $(STAMP)
 demo: install
 	$(BIN)/niche demo
 
-# The export and llama.cpp engine tests need llama.cpp, so the test target builds it (once).
+# The export and llama.cpp engine tests need llama.cpp, so the test target builds it (once). After the suite,
+# `niche serve` is run from a fresh environment holding only the core and the serve extra.
 test: install llama-cpp browser
 	$(BIN)/python -m pytest -q -ra --durations=15
+	$(MAKE) serve-only-check
+
+# A new virtual environment with niche's core and `serve` extra only (no training or tracking stack), rebuilt
+# every time so that it proves what a fresh `pip install 'niche[serve]'` gets; then it serves a tiny specialist.
+SERVE_ONLY_VENV := build/serve-only-venv
+serve-only-check: install
+	rm -rf $(SERVE_ONLY_VENV)
+	$(PYTHON) -m venv $(SERVE_ONLY_VENV)
+	$(SERVE_ONLY_VENV)/bin/pip install -q --upgrade pip
+	$(SERVE_ONLY_VENV)/bin/pip install -q torch==2.13.0 $(TORCH_INDEX)
+	$(SERVE_ONLY_VENV)/bin/pip install -q ".[serve]"
+	NICHE_SERVE_ONLY_VENV=$(SERVE_ONLY_VENV) $(BIN)/python -m pytest -q -p no:cacheprovider tests/check_serve_only_install.py
 
 # The HTML report is tested in headless Chromium: Debian's package, installed once if missing.
 browser:

@@ -38,7 +38,7 @@ KERNEL = {
     "niche.vllm_compat",
 }
 STAGES = ("curate", "synth", "train", "eval", "rag", "export", "serve")
-FLOWS = ("ladder", "pipeline", "watch", "distill", "demo", "plan")
+FLOWS = ("ladder", "pipeline", "watch", "distill", "demo", "plan", "studio")
 # What the serving path must not load: a serve-only install has none of the training or tracking stack.
 NOT_AT_SERVE_IMPORT = ("niche.train", "trl", "datasets", "mlflow")
 SERVE_MODULES = (

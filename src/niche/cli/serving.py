@@ -56,10 +56,14 @@ def serve(
         float | None,
         typer.Option(help="Every N seconds, switch each specialist to its MLflow registry champion (0: off) [0]."),
     ] = None,
+    ui: Annotated[
+        bool, typer.Option("--ui", help="Also serve niche studio, the web page, at / (as `niche studio`).")
+    ] = False,
 ) -> None:
     """Serve the specialists (and their bare base as model 'base') behind an OpenAI-compatible API."""
     from niche.config import command_section
     from niche.serve import serve_specialists
+    from niche.studio import run_studio
 
     settings = command_section(config_path, "serve").updated(
         engine=engine,
@@ -75,8 +79,35 @@ def serve(
         route_threshold=route_threshold,
         registry_poll=registry_poll,
     )
-    keys = set(api_key or []) | {key for key in os.environ.get("NICHE_API_KEYS", "").split(",") if key}
-    serve_specialists(specialists, settings, api_keys=frozenset(keys), launch=launch, say=console.print)
+    keys = frozenset(set(api_key or []) | {key for key in os.environ.get("NICHE_API_KEYS", "").split(",") if key})
+    if ui:
+        run_studio(specialists, settings, api_keys=keys, say=console.print)
+    else:
+        serve_specialists(specialists, settings, api_keys=keys, launch=launch, say=console.print)
+
+
+@app.command()
+def studio(
+    specialists: Annotated[
+        Path, typer.Argument(help="Directory whose subdirectories are specialists (niche.json).")
+    ] = Path("specialists"),
+    config_path: ConfigOption = None,
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on; other than loopback only with a key [127.0.0.1].")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [8000].")] = None,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(help="Require this bearer key for the page and the API (repeatable; or NICHE_API_KEYS=a,b)."),
+    ] = None,
+    engine: Annotated[str | None, typer.Option(help="torch or llamacpp [torch].")] = None,
+    max_loaded: Annotated[int | None, typer.Option(help="Adapters kept in memory [8].")] = None,
+) -> None:
+    """The web page: specialist cards, side-by-side compare, data checks and training jobs, reports, live serving;
+    on the same OpenAI-compatible server as `niche serve`."""
+    serve(
+        specialists, config_path, host=host, port=port, api_key=api_key, engine=engine, max_loaded=max_loaded, ui=True
+    )
 
 
 @rag_app.command("index")

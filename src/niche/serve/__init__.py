@@ -53,9 +53,11 @@ def run_server(
     registry_poll: float = 0.0,
     launch: bool = False,
     say: Callable[[str], None] = print,
+    extend_app: Callable[[Any], None] | None = None,
 ) -> None:
     """Serve with `engine` until interrupted: an in-process engine behind niche's OpenAI-compatible app (with
-    routing, keys and the registry poller as asked); the vLLM launcher prints its command, or runs it (`launch`)."""
+    routing, keys and the registry poller as asked); the vLLM launcher prints its command, or runs it (`launch`).
+    `extend_app` is called with the app before it serves (the studio mounts its page and API with it)."""
     if isinstance(engine, VllmLauncher):
         if launch:
             engine.launch(host, port)
@@ -76,6 +78,8 @@ def run_server(
         poller.start()
     router = engine.router(route_threshold) if routing else None
     app = create_app(engine, ServeSettings(api_keys, max_body_bytes), router)
+    if extend_app is not None:
+        extend_app(app)
     say(f"serving {', '.join(engine.model_names())} on http://{host}:{port}/v1")
     serve_http(app, host, port)
 
@@ -87,8 +91,10 @@ def serve_specialists(
     api_keys: frozenset[str] = frozenset(),
     launch: bool = False,
     say: Callable[[str], None] = print,
+    extend_app: Callable[[Any], None] | None = None,
 ) -> None:
-    """`niche serve`: the engine the `serve` settings name, served until interrupted."""
+    """`niche serve`: the engine the `serve` settings name, served until interrupted (`extend_app`: see
+    `run_server`)."""
     engine = create_engine(
         settings.engine,
         specialists,
@@ -109,4 +115,5 @@ def serve_specialists(
         registry_poll=settings.registry_poll,
         launch=launch,
         say=say,
+        extend_app=extend_app,
     )

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -137,6 +138,17 @@ def error_response(
 class ServeSettings:
     api_keys: frozenset[str] = frozenset()
     max_body_bytes: int = 1 << 20
+    # Paths answered without a key: the studio's page and its files (its login form is on them).
+    public_paths: frozenset[str] = frozenset({"/health", "/metrics"})
+    public_prefixes: tuple[str, ...] = ()
+    # Paths with a body limit of their own (the studio's data upload), as (path prefix, bytes).
+    body_limits: tuple[tuple[str, int], ...] = ()
+
+    def is_public(self, path: str) -> bool:
+        return path in self.public_paths or path.startswith(self.public_prefixes)
+
+    def body_limit(self, path: str) -> int:
+        return next((limit for prefix, limit in self.body_limits if path.startswith(prefix)), self.max_body_bytes)
 
     def authorized(self, scope: dict[str, Any]) -> bool:
         """Whether the request's one Authorization header is exactly `Bearer KEY` for a configured key. The raw
@@ -171,6 +183,53 @@ class Metrics:
         self.ignored_fields = Counter(
             "niche_ignored_fields", "Unknown top-level request fields, accepted and ignored", registry=self.registry
         )
+        self.live = LiveWindow()
+
+
+class LiveWindow:
+    """The last minutes of API traffic, for live views: request latencies and generated tokens, by time."""
+
+    def __init__(self, keep_s: float = 300.0, max_events: int = 100_000) -> None:
+        self.keep_s = keep_s
+        self.requests: deque[tuple[float, float, int]] = deque(maxlen=max_events)  # (ended, seconds, status)
+        self.tokens: deque[tuple[float, int]] = deque(maxlen=max_events)  # (when, completion tokens)
+        self.total_requests = 0
+        self.total_tokens = 0
+
+    def request(self, seconds: float, status: int) -> None:
+        self.requests.append((time.monotonic(), seconds, status))
+        self.total_requests += 1
+
+    def generated(self, tokens: int) -> None:
+        self.tokens.append((time.monotonic(), tokens))
+        self.total_tokens += tokens
+
+    def snapshot(self, rate_window_s: float = 10.0, latency_window_s: float = 60.0) -> dict[str, Any]:
+        """Requests/s and tokens/s over the last `rate_window_s`, latency percentiles over `latency_window_s`."""
+        now = time.monotonic()
+        recent = [
+            (ended, seconds, status) for ended, seconds, status in self.requests if now - ended <= latency_window_s
+        ]
+        latencies = sorted(seconds for ended, seconds, _ in recent)
+
+        def percentile(share: float) -> float | None:
+            if not latencies:
+                return None
+            return round(latencies[min(len(latencies) - 1, int(share * len(latencies)))] * 1000, 1)
+
+        in_rate_window = [status for ended, _, status in recent if now - ended <= rate_window_s]
+        tokens = sum(count for when, count in self.tokens if now - when <= rate_window_s)
+        return {
+            "requests_per_s": round(len(in_rate_window) / rate_window_s, 3),
+            "errors_per_s": round(sum(status >= 500 for status in in_rate_window) / rate_window_s, 3),
+            "tokens_per_s": round(tokens / rate_window_s, 1),
+            "latency_ms": {"p50": percentile(0.5), "p95": percentile(0.95), "p99": percentile(0.99)},
+            "latency_requests": len(latencies),
+            "rate_window_s": rate_window_s,
+            "latency_window_s": latency_window_s,
+            "total_requests": self.total_requests,
+            "total_tokens": self.total_tokens,
+        }
 
 
 class EngineCollector:
@@ -197,42 +256,50 @@ class EngineCollector:
         )
 
 
-PUBLIC_PATHS = {"/health", "/metrics"}
 AUTO_MODEL = "auto"
 
 
 def create_app(
     engine: EngineCore, settings: ServeSettings | None = None, router: DomainRouter | None = None
 ) -> FastAPI:
-    settings = settings or ServeSettings()
     metrics = Metrics()
     metrics.registry.register(EngineCollector(engine))
     app = FastAPI(title="niche serve", version="1")
     app.state.metrics = metrics
+    app.state.engine = engine
+    app.state.router = router
+    # Read per request: an extension mounted on the app (the studio) may widen what is public or accepted.
+    app.state.serve_settings = settings or ServeSettings()
 
     @app.middleware("http")
     async def guard_and_measure(request: Request, call_next: Any) -> Any:
         started = time.perf_counter()
-        if settings.api_keys and request.url.path not in PUBLIC_PATHS and not settings.authorized(request.scope):
+        settings: ServeSettings = app.state.serve_settings
+        path = request.url.path
+        if settings.api_keys and not settings.is_public(path) and not settings.authorized(request.scope):
             return error_response(
                 401,
                 "missing or invalid API key (Authorization: Bearer KEY)",
                 "authentication_error",
                 code="invalid_api_key",
             )
+        limit = settings.body_limit(path)
         length = request.headers.get("content-length")
-        too_large = f"request body of {{}} bytes exceeds the limit of {settings.max_body_bytes}"
-        if length and length.isdigit() and int(length) > settings.max_body_bytes:
+        too_large = f"request body of {{}} bytes exceeds the limit of {limit}"
+        if length and length.isdigit() and int(length) > limit:
             return error_response(413, too_large.format(length), "invalid_request_error")
         if length is None and request.method in ("POST", "PUT", "PATCH"):
             # A chunked body states no length: count it as it arrives, and stop reading past the limit.
             received = bytearray()
             async for chunk in request.stream():
                 received += chunk
-                if len(received) > settings.max_body_bytes:
+                if len(received) > limit:
                     return error_response(413, too_large.format(f"over {len(received)}"), "invalid_request_error")
             request._body = bytes(received)  # Starlette hands the read body on to the endpoint
         response = await call_next(request)
+        if route := getattr(request.state, "route", None):
+            response.headers["x-niche-routed-to"] = route.model
+            response.headers["x-niche-route-score"] = f"{route.score:.4f}"
         # call_next returns once the headers are out; a streamed answer is measured when its last byte is sent.
         response.body_iterator = measured(request, response.status_code, response.body_iterator, started)
         return response
@@ -246,6 +313,8 @@ def create_app(
             seconds = time.perf_counter() - started
             metrics.requests.labels(request.url.path, model, str(status)).inc()
             metrics.latency.labels(request.url.path, model).observe(seconds)
+            if request.url.path.startswith("/v1/") and request.method == "POST":
+                metrics.live.request(seconds, status)
             log.info(
                 json.dumps(
                     {
@@ -346,6 +415,7 @@ def create_app(
             route = router.route(last_user)
             log.info(json.dumps({"event": "route", "model": route.model, "score": round(route.score, 4)}))
             body.model = route.model
+            request.state.route = route  # sent back as x-niche-routed-to / x-niche-route-score headers
         request.state.model = body.model
 
     return app
@@ -419,6 +489,7 @@ def fingerprint_of(generation: Generation) -> str:
 def count_tokens(metrics: Metrics, model: str, completion: Completion) -> None:
     metrics.tokens.labels(model, "prompt").inc(completion.prompt_tokens)
     metrics.tokens.labels(model, "completion").inc(completion.completion_tokens)
+    metrics.live.generated(completion.completion_tokens)
 
 
 def counted(pieces: Iterator[str | Completion], metrics: Metrics, model: str) -> Iterator[str | Completion]:

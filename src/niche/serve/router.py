@@ -47,6 +47,12 @@ class DomainRouter:
         self.top_k = top_k
         self.embeddings = {name: self._embed(texts) for name, texts in examples.items() if texts}
 
+    def add_specialist(self, name: str, texts: list[str]) -> None:
+        """Route to a specialist that joined the server after it started (or re-read its examples)."""
+        if texts:
+            with one_thread():
+                self.embeddings[name] = self._embed(texts)
+
     def _embed(self, texts: list[str]) -> np.ndarray:
         return np.asarray(self.embedder.encode(texts, normalize_embeddings=True, show_progress_bar=False))
 
@@ -54,7 +60,7 @@ class DomainRouter:
         with one_thread():  # in a request thread, beside the engine's scheduler thread
             query = self._embed([text])[0]
         result = {}
-        for name, matrix in self.embeddings.items():
+        for name, matrix in list(self.embeddings.items()):  # a specialist may join meanwhile
             similarities = np.sort(matrix @ query)[::-1][: self.top_k]
             result[name] = float(similarities.mean())
         return result

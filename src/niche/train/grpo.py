@@ -14,6 +14,7 @@ import logging
 import shutil
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,7 @@ def reward_summary(log_history: list[dict[str, Any]]) -> dict[str, float | None]
     return {"reward_first": statistics.fmean(rewards[:tenth]), "reward_last": statistics.fmean(rewards[-tenth:])}
 
 
-def train_grpo(config: NicheConfig, *, show_progress: bool = True) -> Any:
+def train_grpo(config: NicheConfig, *, show_progress: bool = True, callbacks: Sequence[Any] = ()) -> Any:
     require_extra("train", ("accelerate", "trl", "datasets"), "GRPO training")
     from accelerate import PartialState
     from peft import PeftModel
@@ -171,6 +172,8 @@ def train_grpo(config: NicheConfig, *, show_progress: bool = True) -> Any:
             trainer.add_callback(RichProgressCallback())
         if tracker.active:
             trainer.add_callback(TrackerCallback(tracker))
+        for callback in callbacks:
+            trainer.add_callback(callback)
         started = time.perf_counter()
         output = trainer.train()
         runtime = time.perf_counter() - started

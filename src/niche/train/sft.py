@@ -13,6 +13,7 @@ import logging
 import random
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,9 @@ def training_arguments(
     )
 
 
-def train_sft(config: NicheConfig, *, resume: bool = False, show_progress: bool = True) -> TrainResult:
+def train_sft(
+    config: NicheConfig, *, resume: bool = False, show_progress: bool = True, callbacks: Sequence[Any] = ()
+) -> TrainResult:
     """Supervised fine-tuning (generative, label head, or with a KD teacher) as configured; the specialist is
     written to config.output_dir / config.name."""
     require_extra("train", ("accelerate",), "training")
@@ -209,6 +212,8 @@ def train_sft(config: NicheConfig, *, resume: bool = False, show_progress: bool 
         )
         if tracker.active:
             trainer.add_callback(TrackerCallback(tracker))
+        for callback in callbacks:
+            trainer.add_callback(callback)
         started = time.perf_counter()
         output = trainer.train(resume_from_checkpoint=True if resume else None)
         runtime = time.perf_counter() - started
