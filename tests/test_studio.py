@@ -327,3 +327,46 @@ def test_a_studio_restart_fails_the_job_it_was_running(tmp_path) -> None:
     JobRunner(store, tmp_path)
     assert store.get(job.id).state == "failed" and "stopped while this job ran" in store.get(job.id).error
     assert not (tmp_path / ".orphan.tmp-abc").exists() and not (tmp_path / ".orphan.checkpoints").exists()
+
+
+def test_the_page_api_promotes_and_rolls_back_registry_versions_and_serves_the_champion(tiny_config, tmp_path) -> None:
+    """Two registered versions of a specialist: the card shows which one this directory serves, "make champion"
+    (the registry's own promote) redeploys the other into the directory and the engine answers with it."""
+    from conftest import running
+    from niche import tracking
+    from niche.serve.app import create_app
+    from niche.serve.torch_engine import TorchEngine
+    from niche.studio.api import mount_studio
+    from niche.train import train
+
+    config = tiny_config("tracking.enabled=false", "name=regtoy")
+    trained = train(config, show_progress=False)
+    versions = []
+    for _ in range(2):
+        with tracking.tracked_run("regtoy", "train") as tracker:
+            tracker.artifacts(trained.specialist_dir, "specialist")
+            versions.append(tracking.register_specialist(tracker, "regtoy", "specialist", {"gate": "passed"}))
+    tracking.promote("regtoy", versions[1].version)
+    tracking.deploy(versions[1], trained.specialist_dir)
+    engine = TorchEngine(config.output_dir, max_batch_size=2)
+    app = create_app(engine)
+    studio = mount_studio(app, config.output_dir, tmp_path / "state")
+    try:
+        with running(app) as url:
+            status, registry = request_json(f"{url}/studio/api/registry/regtoy")
+            assert status == 200 and registry["available"] and registry["deployed"] == versions[1].version
+            aliases = {version["version"]: version["aliases"] for version in registry["versions"]}
+            assert "champion" in aliases[versions[1].version] and "champion" not in aliases[versions[0].version]
+            status, promoted = request_json(
+                f"{url}/studio/api/registry/regtoy/promote", "POST", {"version": versions[0].version}
+            )
+            assert status == 200 and promoted["redeployed"] == ["regtoy"]
+            assert tracking.deployed_version(trained.specialist_dir) == versions[0].version
+            body = {"model": "regtoy", "messages": [{"role": "user", "content": "ticket 1"}], "max_tokens": 2}
+            status, answer = request_json(f"{url}/v1/chat/completions", "POST", body)
+            assert answer["system_fingerprint"] == f"regtoy@v{versions[0].version}"  # the rolled-back version
+            status, cards = request_json(f"{url}/studio/api/specialists")
+            assert cards[0]["registry"]["version"] == versions[0].version
+    finally:
+        studio.runner.stop()
+        engine.close()

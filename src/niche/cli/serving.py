@@ -63,7 +63,6 @@ def serve(
     """Serve the specialists (and their bare base as model 'base') behind an OpenAI-compatible API."""
     from niche.config import command_section
     from niche.serve import serve_specialists
-    from niche.studio import run_studio
 
     settings = command_section(config_path, "serve").updated(
         engine=engine,
@@ -81,6 +80,8 @@ def serve(
     )
     keys = frozenset(set(api_key or []) | {key for key in os.environ.get("NICHE_API_KEYS", "").split(",") if key})
     if ui:
+        from niche.studio import run_studio
+
         run_studio(specialists, settings, api_keys=keys, say=console.print)
     else:
         serve_specialists(specialists, settings, api_keys=keys, launch=launch, say=console.print)

@@ -197,12 +197,18 @@ class LiveWindow:
         self.total_tokens = 0
 
     def request(self, seconds: float, status: int) -> None:
-        self.requests.append((time.monotonic(), seconds, status))
+        now = time.monotonic()
+        self.requests.append((now, seconds, status))
         self.total_requests += 1
+        while self.requests and now - self.requests[0][0] > self.keep_s:
+            self.requests.popleft()
 
     def generated(self, tokens: int) -> None:
-        self.tokens.append((time.monotonic(), tokens))
+        now = time.monotonic()
+        self.tokens.append((now, tokens))
         self.total_tokens += tokens
+        while self.tokens and now - self.tokens[0][0] > self.keep_s:
+            self.tokens.popleft()
 
     def snapshot(self, rate_window_s: float = 10.0, latency_window_s: float = 60.0) -> dict[str, Any]:
         """Requests/s and tokens/s over the last `rate_window_s`, latency percentiles over `latency_window_s`."""

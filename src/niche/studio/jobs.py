@@ -227,7 +227,8 @@ class JobRunner:
         self._stop.set()
         if self.process is not None and self.job_id is not None:
             self.store.request_cancel(self.job_id)
-        self._thread.join(timeout=CANCEL_GRACE_S + 10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=CANCEL_GRACE_S + 10)
 
     def _fail_orphans(self) -> None:
         """Jobs a previous server left running: their worker went with it (or is stopped now)."""
