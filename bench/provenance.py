@@ -20,6 +20,7 @@ def code_provenance() -> dict:
 
     return {
         "commit": git("rev-parse", "--short", "HEAD") or "unknown (not a git checkout)",
-        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+        # The results files themselves are left out: a benchmark rewrites them as it runs.
+        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")),
         "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
