@@ -211,11 +211,15 @@ def test_a_malformed_upload_shows_every_problem_with_its_file_and_line(studio, p
     screenshot(page, tmp_path / "data-check.png")
 
 
-def start_job_from_page(page: Page, studio: str, name: str, train_file: Path, steps: int) -> None:
+def start_job_from_page(
+    page: Page, studio: str, name: str, train_file: Path, steps: int, test_file: Path | None = None
+) -> None:
     page.goto(f"{studio}/#/train")
     page.set_input_files("#upload", str(train_file))
     page.click("#use-upload")
     page.fill("#field-name", name)
+    if test_file is not None:
+        page.fill("#field-data-test", str(test_file))
     page.fill("#field-training-max_steps", str(steps))
     page.fill("#field-training-batch_size", "4")
     page.fill("#field-training-learning_rate", "0.01")
@@ -228,13 +232,16 @@ def start_job_from_page(page: Page, studio: str, name: str, train_file: Path, st
 
 def test_a_training_job_started_from_the_page_finishes_and_its_card_appears(studio, studio_dir, page, tmp_path) -> None:
     train_file = write_jsonl(tmp_path / "web-tickets.jsonl", ticket_rows(24))
-    start_job_from_page(page, studio, "fromweb", train_file, steps=4)
+    test_file = write_jsonl(tmp_path / "web-test.jsonl", ticket_rows(9, offset=60))
+    start_job_from_page(page, studio, "fromweb", train_file, steps=4, test_file=test_file)
     expect(page.locator("#job-state")).to_have_text("succeeded", timeout=240_000)
     screenshot(page, tmp_path / "job.png")
     page.reload()  # the job's record outlives the page
     expect(page.locator("#job-state")).to_have_text("succeeded")
     page.goto(f"{studio}/#/specialists")
-    expect(page.locator('article.card[data-specialist="fromweb"]')).to_be_visible()
+    card = page.locator('article.card[data-specialist="fromweb"]')
+    expect(card).to_be_visible()
+    expect(card).to_contain_text("vs base")  # the job scored it on data.test, as `niche demo` does
     assert (studio_dir / "fromweb" / "niche.json").is_file()
     status, models = request_json(f"{studio}/v1/models")
     assert "fromweb" in {model["id"] for model in models["data"]}  # served at once, no restart

@@ -118,14 +118,20 @@ class Studio:
         """Files the page may check and train on: uploads, and the files the specialists were trained and
         evaluated on."""
         files: dict[str, dict[str, Any]] = {}
-        for path in sorted(self.uploads.iterdir(), key=lambda item: item.stat().st_mtime, reverse=True):
+        for path in sorted(self.uploads.glob("[!.]*"), key=lambda item: item.stat().st_mtime, reverse=True):
             files[str(path)] = {"path": str(path), "name": path.name, "source": "uploaded"}
         for name, specialist_dir in catalog.specialist_dirs(self.directory).items():
             for split, record in read_manifest(specialist_dir).data.items():
                 if Path(record.path).is_file():
                     files.setdefault(
                         record.path,
-                        {"path": record.path, "name": Path(record.path).name, "source": f"{name} ({split})"},
+                        {
+                            "path": record.path,
+                            "name": Path(record.path).name,
+                            "source": f"{name} ({split})",
+                            "specialist": name,
+                            "split": split,
+                        },
                     )
         return list(files.values())
 

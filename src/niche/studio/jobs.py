@@ -282,7 +282,7 @@ class JobRunner:
         `failed` never finds anything of the job left on disk)."""
         self.process, self.job_id, self.cancel_sent_at = None, None, None
         if job.outcome == "succeeded":
-            state, error = "succeeded", None
+            state, error = "succeeded", job.error  # a note, e.g. why it has no eval report
         elif job.cancel_requested:
             state, error = "cancelled", "cancelled"
         elif job.outcome == "failed":

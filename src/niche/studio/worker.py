@@ -1,7 +1,8 @@
 """`python -m niche.studio.worker STATE_DB JOB_ID`: one studio training job, in a process of its own.
 
 It trains exactly as `niche train` does (the job's niche.yaml, `niche.train.train`), reporting progress, the
-loss curve and its outcome into the job's row (the runner records the final state once it has cleaned up). SIGTERM (the studio's cancel) becomes an exception, so the specialist's staging
+loss curve and its outcome into the job's row (the runner records the final state once it has cleaned up);
+with data.test it then scores the specialist as `niche demo` does, into reports/NAME beside it. SIGTERM (the studio's cancel) becomes an exception, so the specialist's staging
 directory is removed on the way out and nothing half-written is left.
 """
 
@@ -16,8 +17,11 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from niche.config import load_config
+from niche.config import NicheConfig, load_config
 from niche.errors import NicheError
+from niche.eval.evaluate import evaluate, write_report
+from niche.specialist import read_manifest
+from niche.studio.catalog import REPORTS_DIR
 from niche.studio.jobs import JobStore
 from niche.train import train
 
@@ -97,11 +101,41 @@ def run_job(store: JobStore, job_id: int) -> int:
         traceback.print_exc()
         store.report_outcome(job_id, "failed", error=f"{type(error).__name__}: {error}")
         return 1
+    print(f"wrote {result.specialist_dir}", flush=True)
+    note = evaluate_on_test(config, result.specialist_dir, store, job_id, progress)
     progress.figures["phase"] = "done"
     store.progress(job_id, progress.figures)
-    store.report_outcome(job_id, "succeeded", specialist=str(result.specialist_dir))
-    print(f"wrote {result.specialist_dir}", flush=True)
+    store.report_outcome(job_id, "succeeded", error=note, specialist=str(result.specialist_dir))
     return 0
+
+
+def evaluate_on_test(
+    config: NicheConfig, specialist_dir: Path, store: JobStore, job_id: int, progress: StudioProgress
+) -> str | None:
+    """With data.test, score the new specialist as `niche demo` does (beside its base and, for label tasks, the
+    classic baselines) into reports/NAME, so its card shows how it measured. The specialist is complete before
+    this starts: a failed or cancelled evaluation is a note on a finished job, never a lost specialist."""
+    if config.data.test is None:
+        return None
+    progress.figures["phase"] = "evaluating on data.test"
+    store.progress(job_id, progress.figures)
+    try:
+        label_task = read_manifest(specialist_dir).task.kind == "label"
+        report = evaluate(
+            specialist_dir,
+            config.data.test,
+            base=config.base,
+            baselines=label_task,
+            show_progress=True,
+            settings=config.eval,
+        )
+        write_report(report, config.output_dir / REPORTS_DIR / config.name)
+    except JobCancelled:
+        return "evaluation cancelled; the specialist is complete"
+    except Exception as error:  # noqa: BLE001 - the trained specialist stands; the page shows why it has no eval
+        traceback.print_exc()
+        return f"evaluation failed: {type(error).__name__}: {error}"
+    return None
 
 
 def main(argv: list[str]) -> int:

@@ -554,17 +554,26 @@ async function loadKnownData() {
       const checked = await api("/studio/api/data/check", { json: { path: button.dataset.check } });
       document.getElementById("check-result").innerHTML = dataReportHtml(checked.name, checked.report);
     }));
-    target.querySelectorAll("[data-use]").forEach((button) => button.addEventListener("click", () => useForTraining(button.dataset.use)));
+    target.querySelectorAll("[data-use]").forEach((button) => button.addEventListener("click", () => {
+      const file = files.find((item) => item.path === button.dataset.use);
+      // A specialist's training file: train its successor on the same splits, under a new name.
+      const splits = file.specialist ? files.filter((item) => item.specialist === file.specialist) : [];
+      useForTraining(file.path, file.specialist ? `${file.specialist}-2` : null, splits);
+    }));
   } catch (error) {
     target.innerHTML = failure(error);
   }
 }
 
-function useForTraining(path) {
-  const input = document.getElementById("field-data-train");
-  input.value = path;
+function useForTraining(path, name = null, splits = []) {
+  document.getElementById("field-data-train").value = path;
+  for (const split of ["validation", "test"]) {
+    const match = splits.find((item) => item.split === split);
+    if (match) document.getElementById(`field-data-${split}`).value = match.path;
+  }
   const nameInput = document.getElementById("field-name");
-  if (!nameInput.value) nameInput.value = path.split("/").pop().replace(/-[0-9a-f]{8}\.[a-z]+$|\.[a-z]+$/, "").replace(/[^A-Za-z0-9_-]/g, "-");
+  if (name) nameInput.value = name;
+  else if (!nameInput.value) nameInput.value = path.split("/").pop().replace(/-[0-9a-f]{8}\.[a-z]+$|\.[a-z]+$/, "").replace(/[^A-Za-z0-9_-]/g, "-");
   validateForm();
 }
 
