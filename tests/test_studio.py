@@ -286,6 +286,7 @@ def test_serving_view_shows_live_counters_and_reports_render_in_the_page(studio,
     expect(page.locator("#reports")).to_contain_text("eval: toy")
     page.click('[data-markdown="0"]')
     expect(page.locator("#markdown-0")).to_be_visible()
+    screenshot(page, tmp_path / "reports.png")
 
 
 def test_with_a_key_the_page_asks_for_it_and_the_api_answers_401(studio_dir, browser, tmp_path) -> None:
