@@ -4,8 +4,9 @@
     .venv/bin/python docs/studio_screenshots.py specialists/ [--out docs/images]
 
 Views: the cards, a specialist's details, compare (its answer beside the base's, streamed), the data check of its
-training file, a training job in progress (started from the page with a few steps, then cancelled), serving and
-the reports. The studio's job database and uploads go to a scratch copy of its state, not DIR.studio.
+training file, a training job in progress (started from the page with a few steps, then cancelled; with
+`--finish-job` the form's defaults, watched until the new specialist's card appears), serving and the reports.
+Everything runs on a scratch copy of DIR: the page's job, uploads and state never touch DIR or DIR.studio.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("directory", type=Path)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "images")
+    parser.add_argument(
+        "--finish-job", action="store_true", help="let the page's training run (form defaults) finish, not cancel it"
+    )
     args = parser.parse_args()
     directory = args.directory.resolve()
     specialist = next(path for path in sorted(directory.iterdir()) if (path / "niche.json").is_file())
@@ -101,15 +105,24 @@ def main() -> None:
             page.locator(f'[data-check="{train_file}"]').click()
             expect(page.locator("#data-report")).to_be_visible()
             page.locator(f'[data-use="{train_file}"]').click()
-            page.fill("#field-name", f"{specialist.name}-v2")
-            page.fill("#field-training-max_steps", "40")
+            if not args.finish_job:
+                page.fill("#field-training-max_steps", "40")
             shot("train")
             page.click("#start-training")
             expect(page.locator("#job")).to_contain_text("step ", timeout=300_000)
-            page.wait_for_timeout(20_000)
+            page.wait_for_timeout(45_000)
             shot("job")
-            page.click("#cancel-job")
-            expect(page.locator("#job-state")).to_have_text("cancelled", timeout=120_000)
+            if args.finish_job:
+                # What a new user does: the form's defaults, watched to the end; the new card then shows its eval.
+                expect(page.locator("#job-state")).to_have_text("succeeded", timeout=3_600_000)
+                shot("job-done")
+                page.goto(url)
+                expect(page.locator("article.card")).to_have_count(2)
+                expect(page.locator("article.card").last).to_contain_text("vs base", timeout=30_000)
+                shot("specialists-after")
+            else:
+                page.click("#cancel-job")
+                expect(page.locator("#job-state")).to_have_text("cancelled", timeout=120_000)
             for _ in range(6):
                 body = {
                     "model": "auto",

@@ -18,6 +18,8 @@ from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from conftest import LABELS, free_port, ticket_rows, wait_until_healthy, write_jsonl
+from niche.ladder import write_ladder_report
+from test_report_html import sample_report
 
 KEY = "studio-test-key"
 
@@ -84,6 +86,7 @@ def studio_dir(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> Pat
     write_jsonl(data / "test.jsonl", ticket_rows(9, offset=60))
     directory = tmp_path_factory.mktemp("studio") / "specialists"
     tiny_specialists(directory, tiny_base, data)
+    write_ladder_report(sample_report(), directory / "ladder-tickets")
     return directory
 
 
@@ -286,6 +289,9 @@ def test_serving_view_shows_live_counters_and_reports_render_in_the_page(studio,
     expect(page.locator("#reports")).to_contain_text("eval: toy")
     page.click('[data-markdown="0"]')
     expect(page.locator("#markdown-0")).to_be_visible()
+    expect(page.locator("#reports")).to_contain_text("ladder: tickets")
+    # The ladder's own HTML report, fetched with the page's key and rendered inside the page.
+    expect(page.frame_locator("#ladder-0").locator("#recommendation")).to_be_visible()
     screenshot(page, tmp_path / "reports.png")
 
 
