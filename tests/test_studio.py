@@ -384,3 +384,40 @@ def test_the_page_api_promotes_and_rolls_back_registry_versions_and_serves_the_c
     finally:
         studio.runner.stop()
         engine.close()
+
+
+def test_the_catalog_reads_every_figure_from_the_artifacts(studio_dir, tmp_path) -> None:
+    """What the cards and detail pages show, straight from the files: eval headline, confusion matrix (its cells
+    add up to the evaluated rows), wrong rows with their inputs, exports, the ladder's or the training-time
+    forgetting reading."""
+    from niche.specialist import read_manifest
+    from niche.studio import catalog
+
+    detail = catalog.detail(studio_dir, "toy")
+    headline, analysis = detail["headline"], detail["analysis"]
+    assert headline["metric"] == "accuracy" and headline["rows"] == 9 and headline["base"] is not None
+    assert sum(map(sum, analysis["confusion"]["counts"])) == 9 and analysis["confusion"]["labels"] == sorted(LABELS)
+    assert len(analysis["worst"]) == analysis["wrong"] and all(
+        row["input"].startswith("ticket") for row in analysis["worst"]
+    )
+    assert detail["curves"] and {"step", "loss"} <= set(detail["curves"][0])
+    exports = studio_dir.parent / "exports-probe"
+    (exports / "exports" / "toy-gguf-q4_k_m").mkdir(parents=True)
+    (exports / "exports" / "toy-gguf-q4_k_m" / "model.gguf").write_bytes(b"x" * 1000)
+    assert catalog.exports_of(exports, "toy") == [
+        {"target": "gguf-q4_k_m", "path": "exports/toy-gguf-q4_k_m", "bytes": 1000}
+    ]
+
+    manifest = read_manifest(studio_dir / "toy")
+    ladder = {"path": "ladder-toy", "forgetting": {"accuracy_relative_change": -0.094, "forgetting": True}}
+    assert catalog._forgetting(manifest, ladder)["forgetting"] is True
+    probed = manifest.model_copy(
+        update={
+            "metrics": {
+                "forgetting_probe": [{"step": 4, "forgetting_probe_accuracy": 0.5, "forgetting_probe_change": -0.02}]
+            }
+        }
+    )
+    reading = catalog._forgetting(probed, None)
+    assert reading["accuracy_relative_change"] == -0.02 and reading["forgetting"] is False  # threshold 0.05
+    assert catalog._forgetting(manifest, None) is None

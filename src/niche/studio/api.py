@@ -327,19 +327,21 @@ def mount_studio(app: FastAPI, directory: Path, state_dir: Path | None = None) -
     def start_job(form: TrainingForm) -> dict[str, Any]:
         return studio.job_json(studio.start_job(form))
 
-    @app.get("/studio/api/jobs/{job_id}")
-    def job(job_id: int) -> dict[str, Any]:
+    def known_job(job_id: int) -> None:
         try:
-            return studio.job_json(studio.store.get(job_id))
+            studio.store.get(job_id)
         except KeyError as error:
             raise HTTPException(404, f"no job {job_id}") from error
 
+    @app.get("/studio/api/jobs/{job_id}")
+    def job(job_id: int) -> dict[str, Any]:
+        known_job(job_id)
+        return studio.job_json(studio.store.get(job_id))
+
     @app.post("/studio/api/jobs/{job_id}/cancel")
     def cancel(job_id: int) -> dict[str, Any]:
-        try:
-            return studio.job_json(studio.store.request_cancel(job_id))
-        except KeyError as error:
-            raise HTTPException(404, f"no job {job_id}") from error
+        known_job(job_id)
+        return studio.job_json(studio.store.request_cancel(job_id))
 
     @app.get("/studio/api/stats")
     def stats() -> dict[str, Any]:

@@ -64,9 +64,8 @@ def eval_reports(directory: Path) -> list[dict[str, Any]]:
             continue
         metric = payload.get("headline_metric", "")
         reports.append(
-            {
-                "path": str(path.parent.relative_to(directory)),
-                "specialist": Path(payload.get("specialist", "")).name,
+            _report_record(directory, path, payload)
+            | {
                 "data": payload.get("data"),
                 "rows": payload.get("rows"),
                 "task_kind": payload.get("task_kind"),
@@ -81,7 +80,6 @@ def eval_reports(directory: Path) -> list[dict[str, Any]]:
                     for result in payload["results"]
                 ],
                 "markdown": _text(path.parent / "eval.md"),
-                "written": path.stat().st_mtime,
             }
         )
     return reports
@@ -94,9 +92,8 @@ def ladder_reports(directory: Path) -> list[dict[str, Any]]:
         if not isinstance(payload, dict):
             continue
         reports.append(
-            {
-                "path": str(path.parent.relative_to(directory)),
-                "specialist": Path(payload.get("specialist", "")).name,
+            _report_record(directory, path, payload)
+            | {
                 "recommendation": payload.get("recommendation"),
                 "reason": payload.get("reason"),
                 "headline_metric": payload.get("headline_metric"),
@@ -104,10 +101,18 @@ def ladder_reports(directory: Path) -> list[dict[str, Any]]:
                 "html": str((path.parent / "ladder.html").relative_to(directory))
                 if (path.parent / "ladder.html").is_file()
                 else None,
-                "written": path.stat().st_mtime,
             }
         )
     return reports
+
+
+def _report_record(directory: Path, path: Path, payload: dict[str, Any]) -> dict[str, Any]:
+    """Where a report is (relative to the directory), whose it is and when it was written."""
+    return {
+        "path": str(path.parent.relative_to(directory)),
+        "specialist": Path(payload.get("specialist", "")).name,
+        "written": path.stat().st_mtime,
+    }
 
 
 def _text(path: Path) -> str | None:
@@ -153,16 +158,13 @@ def _forgetting(manifest: SpecialistManifest, ladder: dict[str, Any] | None) -> 
             "forgetting": reading.get("forgetting"),
         }
     history = manifest.metrics.get("forgetting_probe") or []
-    baseline = manifest.metrics.get("forgetting_probe_base_accuracy")
-    if history and baseline:
-        last = history[-1]
-        accuracy = last.get("accuracy") if isinstance(last, dict) else None
-        if accuracy is not None:
-            return {
-                "source": "training-time probe",
-                "accuracy_relative_change": round((accuracy - baseline) / baseline, 4),
-                "forgetting": None,
-            }
+    if history and isinstance(history[-1], dict) and "forgetting_probe_change" in history[-1]:
+        change = history[-1]["forgetting_probe_change"]
+        return {
+            "source": f"training-time probe (step {history[-1].get('step')})",
+            "accuracy_relative_change": round(change, 4),
+            "forgetting": change < -manifest.trained_config().training.forgetting_threshold,
+        }
     return None
 
 
