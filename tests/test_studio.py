@@ -421,3 +421,32 @@ def test_the_catalog_reads_every_figure_from_the_artifacts(studio_dir, tmp_path)
     reading = catalog._forgetting(probed, None)
     assert reading["accuracy_relative_change"] == -0.02 and reading["forgetting"] is False  # threshold 0.05
     assert catalog._forgetting(manifest, None) is None
+
+
+def test_the_training_form_is_described_and_checked_by_the_config_model(tmp_path) -> None:
+    from niche.config import NicheConfig
+    from niche.studio import forms
+
+    fields = {field["path"]: field for field in forms.form_fields({"base": "tiny"})}
+    assert fields["base"]["default"] == "tiny" and fields["training.objective"]["choices"] == [
+        "auto",
+        "classify",
+        "generate",
+    ]
+    assert fields["training.max_seq_length"]["default"] == NicheConfig().training.max_seq_length
+    assert fields["name"]["required"] and fields["data.train"]["required"]
+    train_file = write_jsonl(tmp_path / "rows.jsonl", ticket_rows(6))
+    values = {
+        "name": "ok",
+        "data.train": str(train_file),
+        "training.learning_rate": "-1",
+        "data.test": "/nowhere.jsonl",
+    }
+    config, problems, text = forms.validate(values, "lora:\n  r: 0\n", forced={"output_dir": str(tmp_path)})
+    assert config is None
+    assert {problem["field"] for problem in problems} == {"training.learning_rate", "lora.r", "data.test"}, problems
+    assert f"output_dir: {tmp_path}" in text
+    config, problems, _ = forms.validate({"name": "ok", "data.train": str(train_file)}, "", forced={"output_dir": "/x"})
+    assert problems == [] and config.output_dir == Path("/x") and config.training.learning_rate is None
+    _, problems, _ = forms.validate({"name": "ok", "data.train": str(train_file)}, "training: [1")
+    assert problems[0]["field"] == "more settings" and "not valid YAML" in problems[0]["message"]
