@@ -118,9 +118,10 @@ class Studio:
         """Files the page may check and train on: uploads, and the files the specialists were trained and
         evaluated on."""
         files: dict[str, dict[str, Any]] = {}
+        specialists = catalog.specialist_dirs(self.directory)
         for path in sorted(self.uploads.glob("[!.]*"), key=lambda item: item.stat().st_mtime, reverse=True):
             files[str(path)] = {"path": str(path), "name": path.name, "source": "uploaded"}
-        for name, specialist_dir in catalog.specialist_dirs(self.directory).items():
+        for name, specialist_dir in specialists.items():
             for split, record in read_manifest(specialist_dir).data.items():
                 if Path(record.path).is_file():
                     files.setdefault(
@@ -133,6 +134,20 @@ class Studio:
                             "split": split,
                         },
                     )
+        # The held-out file each specialist was last evaluated on: a successor is scored on the same rows.
+        for report in catalog.eval_reports(self.directory):
+            path = report.get("data")
+            if path and Path(path).is_file() and report["specialist"] in specialists:
+                files.setdefault(
+                    path,
+                    {
+                        "path": path,
+                        "name": Path(path).name,
+                        "source": f"{report['specialist']} (evaluated on)",
+                        "specialist": report["specialist"],
+                        "split": "test",
+                    },
+                )
         return list(files.values())
 
     def save_upload(self, filename: str, body: bytes) -> Path:

@@ -17,6 +17,9 @@ function fmt(value, digits = 3) {
   if (typeof value === "number") return Number.isInteger(value) ? String(value) : value.toFixed(digits);
   return String(value);
 }
+function score(value) {
+  return typeof value === "number" ? value.toFixed(3) : fmt(value);
+}
 function seconds(value) {
   if (value === null || value === undefined) return "–";
   if (value < 90) return `${value.toFixed(0)} s`;
@@ -98,7 +101,7 @@ function failure(error) {
 function lineChart(series, { width = 680, height = 240, xLabel = "step", yLabel = "" } = {}) {
   const points = series.flatMap((line) => line.points);
   if (!points.length) return `<p class="muted">nothing logged yet</p>`;
-  const pad = { left: 56, right: 12, top: 12, bottom: 34 };
+  const pad = { left: 56, right: 12, top: 24, bottom: 34 };
   const xs = points.map((p) => p[0]);
   const ys = points.map((p) => p[1]);
   const [x0, x1] = [Math.min(...xs), Math.max(...xs) || 1];
@@ -112,7 +115,7 @@ function lineChart(series, { width = 680, height = 240, xLabel = "step", yLabel 
     svg += `<text x="${pad.left - 6}" y="${sy(tick) + 4}" font-size="11" text-anchor="end" fill="#5a6577">${fmt(tick, 2)}</text>`;
   }
   svg += `<text x="${(width + pad.left) / 2}" y="${height - 6}" font-size="11" text-anchor="middle" fill="#5a6577">${esc(xLabel)} (${fmt(x0)}–${fmt(x1)})</text>`;
-  if (yLabel) svg += `<text x="12" y="${pad.top + 4}" font-size="11" fill="#5a6577">${esc(yLabel)}</text>`;
+  if (yLabel) svg += `<text x="4" y="11" font-size="11" fill="#5a6577">${esc(yLabel)}</text>`;
   for (const line of series) {
     if (!line.points.length) continue;
     const path = line.points.map((p, i) => `${i ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join("");
@@ -137,9 +140,9 @@ function lossChart(curve) {
 
 function headlineText(headline) {
   if (!headline) return `<span class="muted">no eval yet (niche eval, niche demo)</span>`;
-  let text = `${esc(headline.metric)} <b>${fmt(headline.specialist)}</b>`;
-  if (headline.base !== null && headline.base !== undefined) text += ` vs base ${fmt(headline.base)}`;
-  if (headline.best_baseline) text += ` · ${esc(headline.best_baseline.name)} ${fmt(headline.best_baseline.headline)}`;
+  let text = `${esc(headline.metric)} <b>${score(headline.specialist)}</b>`;
+  if (headline.base !== null && headline.base !== undefined) text += ` vs base ${score(headline.base)}`;
+  if (headline.best_baseline) text += ` · ${esc(headline.best_baseline.name)} ${score(headline.best_baseline.headline)}`;
   return text + ` <span class="muted small">(${esc(headline.rows)} rows)</span>`;
 }
 
@@ -226,14 +229,14 @@ function confusionHtml(confusion) {
 }
 
 function metricsTable(results, metric) {
-  const rows = results.map((result) => `<tr><td>${esc(result.name)}</td><td class="num">${fmt(result.headline)}</td>
-    <td class="num">${fmt(result.metrics.macro_f1)}</td><td class="num">${fmt(result.examples_per_s, 1)}</td></tr>`).join("");
+  const rows = results.map((result) => `<tr><td>${esc(result.name)}</td><td class="num">${score(result.headline)}</td>
+    <td class="num">${score(result.metrics.macro_f1)}</td><td class="num">${fmt(result.examples_per_s, 1)}</td></tr>`).join("");
   return `<table><tr><th>model</th><th class="num">${esc(metric)}</th><th class="num">macro-F1</th><th class="num">rows/s</th></tr>${rows}</table>`;
 }
 
 function fieldsTable(fields) {
-  const rows = Object.entries(fields).map(([name, score]) => `<tr><td>${esc(name)}</td><td class="num">${fmt(score.precision)}</td>
-    <td class="num">${fmt(score.recall)}</td><td class="num">${fmt(score.f1)}</td></tr>`).join("");
+  const rows = Object.entries(fields).map(([name, field]) => `<tr><td>${esc(name)}</td><td class="num">${score(field.precision)}</td>
+    <td class="num">${score(field.recall)}</td><td class="num">${score(field.f1)}</td></tr>`).join("");
   return `<table><tr><th>field</th><th class="num">precision</th><th class="num">recall</th><th class="num">F1</th></tr>${rows}</table>`;
 }
 
@@ -420,9 +423,10 @@ async function streamInto(model, index, text, format) {
     }
     const total = performance.now() - started;
     const tokens = usage ? usage.completion_tokens : null;
-    const rate = tokens && firstToken !== null && total > firstToken ? ` · ${(tokens / ((total - firstToken) / 1000)).toFixed(1)} tok/s` : "";
+    // Decoding speed after the first token: undefined for a one-token answer (a label head's).
+    const rate = tokens > 1 && firstToken !== null && total > firstToken ? ` · ${((tokens - 1) / ((total - firstToken) / 1000)).toFixed(1)} tok/s after the first` : "";
     figures.textContent = `first token ${firstToken === null ? "–" : firstToken.toFixed(0)} ms · total ${total.toFixed(0)} ms · ` +
-      `${tokens ?? "–"} tokens (prompt ${usage ? usage.prompt_tokens : "–"})${rate}`;
+      `${tokens ?? "–"} token${tokens === 1 ? "" : "s"} (prompt ${usage ? usage.prompt_tokens : "–"})${rate}`;
     column.dataset.done = "true";
   } catch (error) {
     figures.innerHTML = `<span class="problem">${esc(error.message)}</span>`;
