@@ -33,11 +33,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for(url: str, process: subprocess.Popen, seconds: float = 300) -> None:
+def wait_for(url: str, process: subprocess.Popen, log: Path, seconds: float = 300) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            sys.exit(f"niche studio exited:\n{process.communicate()[0]}")
+            sys.exit(f"niche studio exited:\n{log.read_text()}")
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2):
                 return
@@ -70,14 +70,16 @@ def main() -> None:
     shutil.copytree(directory, scratch / directory.name, symlinks=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    # The server's log goes to a file: a pipe nobody reads fills up and blocks the server's next write.
+    server_log = open(scratch / "studio.log", "w")  # noqa: SIM115 - closed with the server below
     process = subprocess.Popen(
         [sys.executable, "-m", "niche.cli", "studio", str(scratch / directory.name), "--port", str(port)],
-        stdout=subprocess.PIPE,
+        stdout=server_log,
         stderr=subprocess.STDOUT,
         text=True,
     )
     try:
-        wait_for(url, process)
+        wait_for(url, process, scratch / "studio.log")
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
             page = browser.new_page(viewport=VIEWPORT)
@@ -142,7 +144,8 @@ def main() -> None:
             browser.close()
     finally:
         process.terminate()
-        process.communicate(timeout=60)
+        process.wait(timeout=60)
+        server_log.close()
         shutil.rmtree(scratch, ignore_errors=True)  # the studio's state went beside the copy, inside scratch
 
 

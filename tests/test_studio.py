@@ -58,24 +58,29 @@ def tiny_specialists(directory: Path, tiny_base: Path, data: Path) -> None:
 
 def start_studio(directory: Path, *arguments: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
+    # Its log goes to a file, never to a pipe: one nobody reads fills up and blocks the server's next write.
+    log = (directory.parent / f"studio-{port}.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "niche.cli", "studio", str(directory), "--port", str(port), *arguments],
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    process.log_path = Path(log.name)  # type: ignore[attr-defined]
+    log.close()
     url = f"http://127.0.0.1:{port}"
-    wait_until_healthy(url, process, 180, "niche studio")
+    wait_until_healthy(url, process, 180, f"niche studio (log: {process.log_path})")  # type: ignore[attr-defined]
     return process, url
 
 
 def stop(process: subprocess.Popen) -> str:
     process.terminate()
     try:
-        return process.communicate(timeout=60)[0]
+        process.wait(timeout=60)
     except subprocess.TimeoutExpired:
         process.kill()
-        return process.communicate()[0]
+        process.wait()
+    return process.log_path.read_text()  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")
