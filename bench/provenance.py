@@ -24,3 +24,18 @@ def code_provenance() -> dict:
         "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")),
         "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
+
+
+def machine() -> dict:
+    """The machine a benchmark ran on: cores, the dtype niche chose, native bf16, Python."""
+    import os
+    import platform
+
+    from niche.hardware import cpu_flags, detect_hardware
+
+    return {
+        "cores": len(os.sched_getaffinity(0)),
+        "dtype": detect_hardware().description,
+        "native_bf16": bool(cpu_flags() & {"avx512_bf16", "amx_bf16"}),
+        "python": platform.python_version(),
+    }

@@ -66,3 +66,36 @@ def dataset_files(name: str, directory: Path) -> tuple[Path, Path]:
         train = [row for row in train if row[1] in labels]
         test = [row for row in test if row[1] in labels]
     return write_rows(directory / name / "train.jsonl", train), write_rows(directory / name / "test.jsonl", test)
+
+
+SLURP = REPO.parent / "shared" / "datasets" / "slurp"
+
+
+def slurp(split: str) -> list[dict]:
+    """SLURP's rows of one split (train or test): text, intent, slots; a clear exit when the shared datasets are
+    not beside the checkout."""
+    path = SLURP / f"{split}.jsonl"
+    if not path.is_file():
+        sys.exit(
+            f"{path} not found: this benchmark reads SLURP from the workplace's shared datasets "
+            "(../shared/datasets/slurp/ beside the checkout): its train.jsonl and test.jsonl (Bastianelli et al. "
+            "2020, CC BY 4.0)."
+        )
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def extraction_row(row: dict) -> dict:
+    """A SLURP row as a niche prompt/completion row: the request, and {"intent", "slots"} as written in SLURP."""
+    return {"prompt": row["text"], "completion": json.dumps({"intent": row["intent"], "slots": row["slots"]})}
+
+
+def write_extraction_rows(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(extraction_row(row)) + "\n" for row in rows))
+    return path
+
+
+def per_intent(rows: list[dict], count: int, seed: int = 0) -> list[dict]:
+    """At most `count` rows of every intent, after a seeded shuffle."""
+    picked = per_label([[json.dumps(row), row["intent"]] for row in rows], count, seed)
+    return [json.loads(text) for text, _ in picked]

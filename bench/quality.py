@@ -25,11 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
-from provenance import code_provenance
+from provenance import code_provenance, machine
 from public_data import clinc150, per_label, stratified_rows, write_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,10 +104,8 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     data = clinc150()
-    from niche.hardware import cpu_flags, detect_hardware
     from niche.io import write_json_atomic
 
-    hardware = detect_hardware()
     test = write_rows(WORKDIR / "test.jsonl", data["test"])
     main_run = run_niche("clinc150", write_rows(WORKDIR / "train.jsonl", data["train"]), test, args.budget)
     sample = write_rows(WORKDIR / "test-base-sample.jsonl", stratified_rows(data["test"], args.base_rows))
@@ -146,12 +143,7 @@ def main() -> None:
         "target_met": main_run["niche"]["accuracy"] >= best_classic + 0.02 and main_run["niche"]["train_minutes"] <= 30,
         "runs": {"full": main_run, "base": base},
         "data_efficiency": efficiency,
-        "machine": {
-            "cores": len(os.sched_getaffinity(0)),
-            "dtype": hardware.description,
-            "native_bf16": bool(cpu_flags() & {"avx512_bf16", "amx_bf16"}),
-            "python": platform.python_version(),
-        },
+        "machine": machine(),
     }
     write_json_atomic(RESULTS, payload)
     print(json.dumps({key: value for key, value in payload.items() if not isinstance(value, (dict, list))}, indent=2))

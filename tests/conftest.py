@@ -192,3 +192,38 @@ def wait_until_healthy(url: str, process: subprocess.Popen, seconds: float, what
                 output = process.communicate()[0] if process.stdout else ""
                 pytest.fail(f"{what} did not start:\n{output}")
             time.sleep(0.25)
+
+
+EXTRACTION_VALUES = {
+    "food": ["pizza", "sushi", "noodles", "tacos"],
+    "city": ["paris", "oslo", "lima", "rome"],
+    "time": ["seven am", "noon", "six pm", "midnight"],
+}
+
+
+def extraction_rows(count: int, offset: int = 0) -> list[dict]:
+    """A toy JSON extraction task: an intent (a closed set) and slots copied from the request, each intent with
+    slots of its own (order: food; weather: city; alarm: time, and sometimes a city)."""
+    rows = []
+    for index in range(offset, offset + count):
+        food, city, time_ = (values[index % len(values)] for values in EXTRACTION_VALUES.values())
+        kind = index % 3
+        if kind == 0:
+            text, answer = f"order {food} for me please", {"intent": "order", "slots": {"food": food}}
+        elif kind == 1:
+            text, answer = f"what is the weather in {city}", {"intent": "weather", "slots": {"city": city}}
+        elif index % 2:
+            text, answer = f"wake me at {time_} in {city}", {"intent": "alarm", "slots": {"time": time_, "city": city}}
+        else:
+            text, answer = f"set an alarm for {time_}", {"intent": "alarm", "slots": {"time": time_}}
+        rows.append({"prompt": text, "completion": json.dumps(answer)})
+    return rows
+
+
+@pytest.fixture
+def extraction_data(tmp_path: Path) -> dict[str, Path]:
+    return {
+        "train": write_jsonl(tmp_path / "extract-train.jsonl", extraction_rows(36)),
+        "validation": write_jsonl(tmp_path / "extract-validation.jsonl", extraction_rows(9, offset=40)),
+        "test": write_jsonl(tmp_path / "extract-test.jsonl", extraction_rows(9, offset=60)),
+    }

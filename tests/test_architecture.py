@@ -33,6 +33,7 @@ KERNEL = {
     "niche.models",
     "niche.probes",
     "niche.specialist",
+    "niche.tagger",
     "niche.teachers",
     "niche.tracking",
     "niche.vllm_compat",

@@ -98,3 +98,47 @@ def test_baselines_are_for_label_tasks(tiny_config, tmp_path) -> None:
     specialist = train(config, show_progress=False).specialist_dir
     with pytest.raises(ConfigError, match="classic baselines classify labels"):
         evaluate(specialist, data, baselines=True, show_progress=False)
+
+
+def extraction_examples(rows: list[dict]) -> list[Example]:
+    return [
+        Example(messages=({"role": "user", "content": row["prompt"]},), response=row["completion"], source=f"t:{n}")
+        for n, row in enumerate(rows, start=1)
+    ]
+
+
+def test_the_crf_baseline_learns_the_toy_extraction_and_gives_the_same_answers_twice() -> None:
+    from conftest import extraction_rows
+    from niche.data.schema import infer_schema
+    from niche.eval.crf import CRF_GRID, run_crf_baseline
+
+    train, validation = extraction_examples(extraction_rows(36)), extraction_examples(extraction_rows(9, offset=40))
+    test = extraction_examples(extraction_rows(12, offset=60))
+    schema = infer_schema(train, conditional=True)
+    references = [example.response for example in test]
+    first = run_crf_baseline(train, validation, test, references, schema, latency_requests=2)
+    second = run_crf_baseline(train, validation, test, references, schema, latency_requests=2)
+    assert first.name == "crf+logreg" and first.predictions == second.predictions
+    assert first.settings == second.settings and len(first.settings["crf"]["validation_span_f1"]) == len(CRF_GRID)
+    assert first.metrics["field_f1"] == 1.0 and first.metrics["schema_valid"] == 1.0
+    assert first.settings["copied_fields"] == ["slots.food", "slots.city", "slots.time"]
+    assert first.settings["choice_fields"] == ["intent"] and first.settings["out_of_reach"] == {}
+
+
+def test_fields_neither_copied_nor_closed_are_out_of_the_crf_reach_and_named() -> None:
+    from conftest import extraction_rows
+    from niche.data.schema import infer_schema
+    from niche.eval.crf import run_crf_baseline
+
+    def with_count(rows: list[dict]) -> list[dict]:
+        return [
+            row | {"completion": json.dumps(json.loads(row["completion"]) | {"count": n})} for n, row in enumerate(rows)
+        ]
+
+    train = extraction_examples(with_count(extraction_rows(36)))
+    validation = extraction_examples(with_count(extraction_rows(9, offset=40)))
+    test = extraction_examples(with_count(extraction_rows(6, offset=60)))
+    schema = infer_schema(train)
+    score = run_crf_baseline(train, validation, test, [example.response for example in test], schema)
+    assert set(score.settings["out_of_reach"]) == {"count"}
+    assert score.metrics["fields"]["count"]["recall"] == 0.0 and score.metrics["fields"]["intent"]["f1"] == 1.0

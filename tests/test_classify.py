@@ -44,7 +44,13 @@ def head_specialists(tmp_path_factory, tiny_base) -> Path:
 def test_a_label_task_trains_a_head_by_default(head_specialists) -> None:
     directory = head_specialists / "specialists" / "triage"
     manifest = json.loads((directory / "niche.json").read_text())
-    assert manifest["task"]["head"] == {"layer": 1, "pooling": "mean", "file": HEAD_FILE}
+    head = manifest["task"]["head"]
+    assert {key: head[key] for key in ("layer", "kind", "pooling", "file")} == {
+        "layer": 1,
+        "kind": "label",
+        "pooling": "mean",
+        "file": HEAD_FILE,
+    }
     assert manifest["template"]["chat_template"] == HEAD_TEMPLATE and manifest["template"]["system_prompt"] is None
     recipe = manifest["hyperparameters"]["recipe"]
     assert recipe["objective"] == "classify" and recipe["sources"]["head_layer"] == "recipe"

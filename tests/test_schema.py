@@ -2,6 +2,7 @@ import json
 
 import jsonschema
 import pytest
+import torch
 
 from conftest import write_jsonl
 from niche.data.examples import Example
@@ -133,3 +134,132 @@ def test_the_server_answers_a_json_specialist_under_its_stored_schema(tiny_confi
             jsonschema.validate(answer, result.manifest.task.output_schema)
     finally:
         engine.close()
+
+
+def requests(*rows: tuple[str, dict]) -> list[Example]:
+    return [
+        Example(messages=({"role": "user", "content": text},), response=json.dumps(value), source=f"train.jsonl:{line}")
+        for line, (text, value) in enumerate(rows, start=1)
+    ]
+
+
+def test_fields_copied_from_the_input_are_marked_instead_of_getting_an_enum() -> None:
+    cities = [f"town{number}" for number in range(12)]
+    rows = [(f"weather in {city} today", {"kind": "weather", "city": city, "cities": [city]}) for city in cities]
+    rows += [(f"rain in {city}", {"kind": "rain", "city": city, "cities": [city]}) for city in cities]
+    schema = infer_schema(requests(*rows))
+    city = schema["properties"]["city"]
+    assert city["x-niche-copy"] is True and "enum" not in city and city["maxLength"] >= 32
+    assert schema["properties"]["cities"]["items"]["x-niche-copy"] is True
+    kind = schema["properties"]["kind"]
+    assert "x-niche-copy" not in kind and kind["enum"] == ["rain", "weather"], "a closed set every answer has"
+    # A value spelled otherwise than the text (case, spacing) is still found; most values elsewhere are not.
+    spaced = infer_schema(requests(("what is mom's email", {"who": "mom 's"}), ("call Dad now", {"who": "dad"})))
+    assert spaced["properties"]["who"]["x-niche-copy"] is True
+    invented = infer_schema(requests(*[(f"row {i}", {"who": f"person {i + 1}"}) for i in range(10)]))
+    assert "x-niche-copy" not in invented["properties"]["who"]
+
+
+def test_a_conditional_schema_allows_each_value_only_the_fields_seen_with_it() -> None:
+    import llguidance
+    import llguidance.hf
+
+    from niche.data.schema import allowed_by_value
+    from niche.data.spans import union_of
+    from niche.models import load_tokenizer, resolve_base
+
+    rows = [("order pizza", {"intent": "order", "slots": {"food": "pizza"}})] * 4
+    rows += [("weather in oslo", {"intent": "weather", "slots": {"city": "oslo"}})] * 4
+    rows += [("weather", {"intent": "weather", "slots": {}})] * 2
+    schema = infer_schema(requests(*rows), conditional=True)
+    assert schema["x-niche-conditional"] == "intent" and len(schema["anyOf"]) == 2
+    validator = jsonschema.Draft202012Validator(schema)
+    assert validator.is_valid({"intent": "order", "slots": {"food": "x"}})
+    assert not validator.is_valid({"intent": "order", "slots": {"city": "x"}}), "city never came with order"
+    assert jsonschema.Draft202012Validator(union_of(schema)).is_valid({"intent": "order", "slots": {"city": "x"}})
+    assert allowed_by_value(schema, [("slots", "food"), ("slots", "city")]) == {
+        "intent": {"order": ["slots.food"], "weather": ["slots.city"]}
+    }
+    for row in rows:
+        validator.validate(row[1])
+    # The grammar engine decodes under it as the validator reads it.
+    tokenizer = load_tokenizer(resolve_base("smollm2-135m"))
+    engine_tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=len(tokenizer), eos_token=[2])
+    grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
+    for answer, accepted in (
+        ('{"intent":"order","slots":{"food":"x"}}', True),
+        ('{"intent":"order","slots":{"city":"x"}}', False),
+    ):
+        matcher = llguidance.LLMatcher(engine_tokenizer, grammar)
+        ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        assert (all(matcher.consume_token(token) for token in ids) and matcher.is_accepting()) == accepted
+
+
+def test_a_given_schema_marking_a_field_copied_refuses_a_value_not_in_its_input(tmp_path) -> None:
+    from niche.data.schema import check_copied_fields
+
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "x-niche-copy": True}},
+        "required": ["city"],
+    }
+    check_copied_fields(requests(("fly to Paris", {"city": "paris"})), schema)
+    with pytest.raises(
+        DataError, match=r"train\.jsonl:2: field 'city' is marked x-niche-copy .* 'Lyon' is not in the input"
+    ):
+        check_copied_fields(requests(("fly to Paris", {"city": "Paris"}), ("fly to Nice", {"city": "Lyon"})), schema)
+
+
+COPY_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "intent": {"type": "string", "enum": ["ask", "tell"]},
+        "who": {"type": "string", "maxLength": 40, "x-niche-copy": True},
+        "what": {"type": ["array", "string"], "items": {"type": "string", "x-niche-copy": True}, "x-niche-copy": True},
+    },
+    "required": ["intent", "who"],
+    "additionalProperties": False,
+}
+
+
+def test_a_copied_value_is_always_a_run_of_words_of_its_own_input(tiny_base) -> None:
+    from niche.data.spans import occurrences
+    from niche.data.template import TemplateEncoder, build_template
+    from niche.eval.generation import generate_answers
+    from niche.models import load_model, load_tokenizer, resolve_base
+
+    base = resolve_base(str(tiny_base))
+    tokenizer = load_tokenizer(base)
+    model = load_model(base, torch.float32, "cpu").eval()
+    encoder = TemplateEncoder(tokenizer, build_template(tokenizer, "Extract.", None, None))
+    texts = [
+        'ask "Ana-María" (the CEO) about q3 [draft] at 5.30 pm, $40?',
+        "tell bob: c++ & regex .* are \\ fine",
+        "who",
+        "",  # no span at all: the optional list is left out, the required name may only be empty
+    ]
+    examples = [Example(messages=({"role": "user", "content": text},), response="") for text in texts]
+    # A random model samples arbitrary tokens: only the grammar keeps its copied values to the input's words.
+    answers = generate_answers(model, encoder, examples, max_new_tokens=60, json_schema=COPY_SCHEMA)
+    for text, answer in zip(texts, answers):
+        parsed = json.loads(answer)
+        jsonschema.validate(parsed, COPY_SCHEMA)
+        values = [parsed["who"], *([parsed["what"]] if isinstance(parsed.get("what"), str) else parsed.get("what", []))]
+        for value in [value for value in values if value]:
+            whole_words = [text[start:end] for start, end in occurrences(text, value)]
+            assert value in whole_words, f"{value!r} is not a run of whole words of {text!r}"
+    assert json.loads(answers[-1])["who"] == "" and "what" not in json.loads(answers[-1])
+
+
+def test_a_copied_value_starts_and_ends_on_word_boundaries() -> None:
+    import re
+
+    from niche.decoding import substring_pattern
+
+    pattern = re.compile(substring_pattern("order chinese food, now"))
+    assert all(
+        pattern.fullmatch(value) for value in ["order", "chinese food", "food,", "food, now", "order chinese food, now"]
+    )
+    assert not any(pattern.fullmatch(value) for value in ["hinese", "chinese foo", "", "now order", "food now"])
+    assert re.compile(substring_pattern("a b", allow_empty=True)).fullmatch("")
+    assert not re.compile(substring_pattern("alpha beta gamma", max_length=10)).fullmatch("alpha beta gamma")

@@ -59,6 +59,7 @@ from niche.specialist import (
     references_of,
     resolve_specialist_base,
 )
+from niche.tagger import Tagger, tag_examples
 from niche.vllm_compat import vllm_command_for, vllm_problems
 
 log = logging.getLogger(__name__)
@@ -265,9 +266,10 @@ def export_specialist(
     if manifest.task.head is not None:
         if target != "merged":
             raise ConfigError(
-                f"{manifest.name!r} answers with a label head (one forward pass, no decoding); GGUF, Ollama and "
-                "vLLM's LoRA serving run generative models only. Export it with --to merged (weights plus the head), "
-                "serve it with `niche serve` (torch engine), or retrain with training.objective: generate"
+                f"{manifest.name!r} answers with {manifest.task.head.describe()} (one forward pass, no decoding); "
+                "GGUF, Ollama and vLLM's LoRA serving run generative models only. Export it with --to merged "
+                "(weights plus the head), serve it with `niche serve` (torch engine), or retrain with "
+                "training.objective: generate"
             )
         return _export_head_merged(specialist_dir, manifest, Path(out_dir), data, parity_rows)
     if target == "vllm":
@@ -459,13 +461,32 @@ print(labels[int((pooled @ head["linear.weight"].T + head["linear.bias"]).argmax
 """
 
 
+TAGGER_EXPORT_README = """# {name}: a tagging head, exported
+
+`model.safetensors` is the base with the LoRA adapter merged (fp32); `{head_file}` holds the tagging heads and
+`niche.json` (`task.head`) their fields. The heads read the output of decoder layer {layer} (before any final norm)
+for the input {echo}: a tag head (layer norm and a linear map onto the tags {tags}) on each token of the tagged
+copy, and a label head per closed-set field on the mean over the tokens; BIO spans of the input's text and the
+chosen values make the JSON answer. `niche.tagger.load_tagger` and `tag_examples` run them on this model cut at
+layer {layer} (`niche.head.cut_at_layer`), as `niche serve` does.
+"""
+
+
+def _head_answers(model: Any, head: Any, encoder: TemplateEncoder, labels: Any, examples: list[Any]) -> list[str]:
+    """A head specialist's answers: its tagger's JSON, or its label head's labels."""
+    if isinstance(head, Tagger):
+        return tag_examples(model, head, encoder, examples)
+    return classify(model, head, encoder, labels, examples)
+
+
 def _export_head_merged(
     specialist_dir: Path, manifest: SpecialistManifest, out_dir: Path, data: Path | None, rows: int
 ) -> ExportResult:
-    """The adapter merged into the whole fp32 base, with the head beside it; the merged model's head predictions
-    must match the trained specialist's on the held-out rows."""
+    """The adapter merged into the whole fp32 base, with the head beside it; the merged model's head answers must
+    match the trained specialist's on the held-out rows."""
 
-    assert manifest.task.head is not None and manifest.task.labels is not None
+    record = manifest.task.head
+    assert record is not None
     data = data or manifest.trained_config().data.test
     if data is None or not Path(data).is_file():
         raise ConfigError(
@@ -476,37 +497,33 @@ def _export_head_merged(
     examples = load_test_examples(Path(data), manifest)[:rows]
     encoder = TemplateEncoder(tokenizer, manifest.template.to_template())
     labels = manifest.task.labels
-    expected = classify(trained, head, encoder, labels, examples)
+    expected = _head_answers(trained, head, encoder, labels, examples)
     result = ExportResult("merged", out_dir, {})
     with atomic_directory(out_dir) as staging:
         merged = merge_into_base(specialist_dir, staging)
-        # The merged model is whole; classifying reads the head's layer, as the trained (cut) model did.
-        produced = classify(cut_at_layer(merged, manifest.task.head.layer), head, encoder, labels, examples)
-        head_file = manifest.task.head.file
-        shutil.copy(specialist_dir / head_file, staging / head_file)
+        # The merged model is whole; the head reads its layer, as the trained (cut) model did.
+        produced = _head_answers(cut_at_layer(merged, record.layer), head, encoder, labels, examples)
+        shutil.copy(specialist_dir / record.file, staging / record.file)
         shutil.copy(specialist_dir / "niche.json", staging / "niche.json")
-        readme = HEAD_EXPORT_README.format(
-            name=manifest.name, head_file=head_file, labels=labels, layer=manifest.task.head.layer
-        )
-        write_text_atomic(staging / "README.md", readme)
+        write_text_atomic(staging / "README.md", _head_readme(manifest, head))
         references = references_of(examples, manifest.task.kind)
         identical = sum(a == b for a, b in zip(produced, expected)) / max(1, len(examples))
-        score = HEADLINE_METRIC["label"]
+        score = HEADLINE_METRIC[manifest.task.kind]
         parity = Parity(
             "merged (fp32 safetensors + head)",
             len(examples),
             identical,
             0.0,
             score,
-            float(SCORERS["label"](expected, references, labels)[score]),
-            float(SCORERS["label"](produced, references, labels)[score]),
+            float(SCORERS[manifest.task.kind](expected, references, labels)[score]),
+            float(SCORERS[manifest.task.kind](produced, references, labels)[score]),
             0.0,
         )
         parity.metric_delta = parity.metric_exported - parity.metric_trained
         if identical < 1.0:
             raise ParityError(
-                f"the merged export labels {identical:.1%} of {len(examples)} held-out rows as the trained specialist "
-                "does; a full-precision export must label every row alike"
+                f"the merged export answers {identical:.1%} of {len(examples)} held-out rows as the trained specialist "
+                "does; a full-precision export must answer every row alike"
             )
         result.parity.append(parity)
         write_json_atomic(
@@ -523,6 +540,23 @@ def _export_head_merged(
         )
         result.files = _file_sizes(staging)
     return result
+
+
+def _head_readme(manifest: SpecialistManifest, head: Any) -> str:
+    record = manifest.task.head
+    assert record is not None
+    if isinstance(head, Tagger):
+        echo = "read twice (its tokens, a newline, its tokens again, end-of-sequence; tags on the second copy)"
+        return TAGGER_EXPORT_README.format(
+            name=manifest.name,
+            head_file=record.file,
+            layer=record.layer,
+            echo=echo if record.echo else "(its tokens, then end-of-sequence)",
+            tags=head.tags,
+        )
+    return HEAD_EXPORT_README.format(
+        name=manifest.name, head_file=record.file, labels=manifest.task.labels, layer=record.layer
+    )
 
 
 def _export_vllm(specialist_dir: Path, manifest: SpecialistManifest, out_dir: Path) -> ExportResult:

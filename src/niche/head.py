@@ -69,10 +69,13 @@ def pooled_features(model: Any, input_ids: torch.Tensor, attention_mask: torch.T
     return mean_pool(hidden, attention_mask)
 
 
-def save_head(head: LabelHead, directory: Path) -> None:
+def save_head(head: nn.Module, directory: Path, file: str = HEAD_FILE) -> None:
+    """A head's weights (a label head's, or a tagger's heads) as one safetensors file."""
     from safetensors.torch import save_file
 
-    save_file({name: tensor.detach().contiguous() for name, tensor in head.state_dict().items()}, directory / HEAD_FILE)
+    save_file(
+        {name: tensor.detach().contiguous() for name, tensor in head.state_dict().items()}, Path(directory) / file
+    )
 
 
 def load_head(directory: Path, hidden_size: int, labels: int, file: str = HEAD_FILE) -> LabelHead:

@@ -298,8 +298,8 @@ def _champion_dir(context: StageContext) -> tuple[Path | None, str | None]:
 
 
 def _probe_accuracy(specialist_dir: Path | None, questions: list[Any], base_of: Path) -> float:
-    """Everyday multiple-choice accuracy of a specialist, or of the bare base when there is none. A label head
-    never generates: every other request is answered by the unchanged base, so its score is the base's."""
+    """Everyday multiple-choice accuracy of a specialist, or of the bare base when there is none. A head (label or
+    tagging) never generates: every other request is answered by the unchanged base, so its score is the base's."""
 
     hardware = detect_hardware()
     manifest = read_manifest(specialist_dir or base_of)

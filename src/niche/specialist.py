@@ -12,7 +12,7 @@ import platform
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
@@ -25,10 +25,12 @@ from niche.errors import ConfigError, ModelError
 from niche.head import cut_at_layer, load_head
 from niche.io import atomic_directory, write_json_atomic, write_jsonl_atomic
 from niche.models import load_model, load_tokenizer, prepare_for_inference, resolve_base
+from niche.tagger import load_tagger
 
 MANIFEST_NAME = "niche.json"
 # 2: a label specialist may classify with a head (task.head), a JSON specialist carries its output schema.
-MANIFEST_VERSION = 2
+# 3: a JSON specialist may tag with a head (task.head.kind "tagger"), and schemas mark copied fields.
+MANIFEST_VERSION = 3
 
 
 class BaseModelRecord(BaseModel):
@@ -48,11 +50,18 @@ class TemplateRecord(BaseModel):
 
 
 class HeadRecord(BaseModel):
-    """A label specialist that classifies with a linear head instead of generating its answer."""
+    """A specialist that answers with a head on one layer's output instead of generating its answer: a label
+    head (`niche.head`) or, for JSON extraction, a tagger (`niche.tagger`)."""
 
-    layer: int  # decoder layers run: the head reads the mean of this layer's output over the prompt's tokens
+    layer: int  # decoder layers run: the head reads this layer's output
+    kind: Literal["label", "tagger"] = "label"
     pooling: str = "mean"
     file: str = "classifier.safetensors"
+    echo: bool = False  # tagger: the input is read twice and tagged on its second copy
+    extraction: dict[str, Any] | None = None  # tagger: its fields (`niche.data.spans.ExtractionPlan.to_record`)
+
+    def describe(self) -> str:
+        return "a label head" if self.kind == "label" else "a tagging head"
 
 
 class TaskRecord(BaseModel):
@@ -160,23 +169,39 @@ def load_specialist(specialist_dir: Path, device: str, dtype: Any) -> tuple[Any,
 
 
 def require_generative(manifest: SpecialistManifest, where: str, lacks: str, instead: str) -> None:
-    """Refuse a label-head specialist where only a generative one will do, saying what it lacks and what to use."""
+    """Refuse a head specialist (label head or tagger) where only a generative one will do, saying what it lacks
+    and what to use."""
     if manifest.task.head is not None:
-        raise ConfigError(f"{where} {manifest.name!r} answers with a label head and {lacks}; {instead}")
+        raise ConfigError(
+            f"{where} {manifest.name!r} answers with {manifest.task.head.describe()} and {lacks}; {instead}"
+        )
 
 
-def load_label_head(specialist_dir: Path, manifest: SpecialistManifest, model: Any) -> Any:
-    """The label head of a head specialist (None for any other), for the model `load_specialist` returned."""
+def load_answer_head(specialist_dir: Path, manifest: SpecialistManifest, hidden_size: int, device: Any = "cpu") -> Any:
+    """What a head specialist answers with, on `device`: its LabelHead or its Tagger (None for a generative
+    specialist)."""
     record = manifest.task.head
     if record is None:
         return None
-
     if record.pooling != "mean":
         raise ModelError(
             f"{specialist_dir}: task.head.pooling {record.pooling!r}; this niche reads mean-pooled heads only"
         )
+    if record.kind == "tagger":
+        if record.extraction is None:
+            raise ModelError(f"{specialist_dir}: task.head.kind tagger without task.head.extraction; retrain it")
+        tagger = load_tagger(Path(specialist_dir), hidden_size, record.extraction, record.echo, record.file)
+        assert tagger.heads is not None
+        tagger.heads.to(device)
+        return tagger
+    return load_head(Path(specialist_dir), hidden_size, len(manifest.task.labels or []), record.file).to(device)
+
+
+def load_label_head(specialist_dir: Path, manifest: SpecialistManifest, model: Any) -> Any:
+    """The head of a head specialist (a LabelHead or a Tagger; None for any other), for the model
+    `load_specialist` returned."""
     hidden_size = model.get_base_model().config.hidden_size
-    return load_head(Path(specialist_dir), hidden_size, len(manifest.task.labels or []), record.file).to(model.device)
+    return load_answer_head(specialist_dir, manifest, hidden_size, model.device)
 
 
 def load_test_examples(path: Path, manifest: SpecialistManifest) -> list[Example]:

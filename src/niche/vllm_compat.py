@@ -16,6 +16,11 @@ VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 def vllm_problems(manifest: SpecialistManifest, adapter_config: dict) -> list[str]:
     """What vLLM would reject in this adapter (see PITFALLS #6)."""
     problems = []
+    if manifest.task.head is not None:
+        problems.append(
+            f"answers with {manifest.task.head.describe()} (one forward pass, no decoding), which vLLM cannot run; "
+            "serve it with niche's torch engine"
+        )
     if adapter_config.get("modules_to_save"):
         problems.append(
             f"modules_to_save={adapter_config['modules_to_save']} (vLLM cannot load trained embeddings or heads)"

@@ -45,11 +45,12 @@ def train_command(
             f"({metrics['seconds_per_step']:.1f} s/step), {metrics['prompts']} prompts"
         )
         return
-    validation = (
-        f"validation accuracy {metrics['eval_accuracy']:.4f}"
-        if metrics.get("eval_accuracy") is not None
-        else f"eval loss {metrics['eval_loss']:.4f}"
-    )
+    if metrics.get("eval_accuracy") is not None:
+        validation = f"validation accuracy {metrics['eval_accuracy']:.4f}"
+    elif metrics.get("eval_field_f1") is not None:
+        validation = f"validation field F1 {metrics['eval_field_f1']:.4f}"
+    else:
+        validation = f"eval loss {metrics['eval_loss']:.4f}"
     plan = metrics["plan"]
     stopped = {"budget": ", stopped by the time budget", "plateau": ", stopped on a validation plateau"}
     console.print(

@@ -17,7 +17,7 @@ from niche.config import NicheConfig
 from niche.data.examples import Example
 from niche.data.formats import load_examples
 from niche.data.sampling import hold_out, stratified_sample
-from niche.data.schema import check_answers_match, infer_schema, read_schema
+from niche.data.schema import check_answers_match, check_copied_fields, infer_schema, read_schema
 from niche.data.tasks import check_labels_known, detect_task_kind, label_of, label_set, single_label_problem
 from niche.errors import ConfigError, DataError
 from niche.io import sha256_of_file
@@ -81,8 +81,9 @@ def output_schema_for(config: NicheConfig, examples: list[Example]) -> tuple[dic
     if config.data.schema_ is not None:
         schema = read_schema(config.data.schema_)
         check_answers_match(examples, schema)
+        check_copied_fields(examples, schema)
         return schema, str(config.data.schema_)
-    return infer_schema(examples), "inferred from the training answers"
+    return infer_schema(examples, config.data.conditional_schema), "inferred from the training answers"
 
 
 def strata(examples: list[Example], task_kind: str) -> list[str | None]:

@@ -54,7 +54,7 @@ class FittedBaseline:
     settings: dict[str, Any]
 
 
-def _tfidf_features() -> Any:
+def tfidf_features() -> Any:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import make_union
 
@@ -64,7 +64,7 @@ def _tfidf_features() -> Any:
     )
 
 
-def _best_logistic_regression(
+def best_logistic_regression(
     train_features: Any, train_labels: list[str], validation_features: Any, validation_labels: list[str], seed: int
 ) -> tuple[Any, float, dict[str, float]]:
     """The C with the best validation accuracy (the smaller C on ties), its fitted model, and every C's score."""
@@ -84,10 +84,10 @@ def _best_logistic_regression(
 
 def fit_tfidf(train: Sequence[Example], validation: Sequence[Example], seed: int = 0) -> FittedBaseline:
     started = time.perf_counter()
-    features = _tfidf_features()
+    features = tfidf_features()
     train_matrix = features.fit_transform([example.input_text for example in train])
     validation_matrix = features.transform([example.input_text for example in validation])
-    model, strength, scores = _best_logistic_regression(
+    model, strength, scores = best_logistic_regression(
         train_matrix, [label_of(e) for e in train], validation_matrix, [label_of(e) for e in validation], seed
     )
 
@@ -111,7 +111,7 @@ def fit_embeddings(
 
     train_matrix = embed([example.input_text for example in train])
     validation_matrix = embed([example.input_text for example in validation])
-    model, strength, scores = _best_logistic_regression(
+    model, strength, scores = best_logistic_regression(
         train_matrix, [label_of(e) for e in train], validation_matrix, [label_of(e) for e in validation], seed
     )
 
@@ -131,8 +131,10 @@ def score_baseline(
     references: Sequence[str],
     labels: Sequence[str] | None,
     latency_requests: int = 16,
+    scorer: Callable[..., dict[str, Any]] = label_metrics,
 ) -> BaselineScore:
-    """Accuracy and the other label metrics on the test rows, batched throughput and one-at-a-time latency."""
+    """The task's metrics on the test rows (accuracy and the other label metrics unless `scorer` says otherwise),
+    batched throughput and one-at-a-time latency."""
     texts = [example.input_text for example in test]
     started = time.perf_counter()
     predictions = fitted.predict(texts)
@@ -145,7 +147,7 @@ def score_baseline(
     latencies.sort()
     return BaselineScore(
         name=fitted.name,
-        metrics=label_metrics(predictions, references, labels),
+        metrics=scorer(predictions, references, labels),
         fit_seconds=fitted.fit_seconds,
         examples_per_s=len(texts) / seconds if seconds else 0.0,
         latency_p50_ms=statistics.median(latencies) if latencies else 0.0,

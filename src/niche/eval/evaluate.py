@@ -15,9 +15,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from niche.config import EvalSettings
 from niche.data.examples import Example
 from niche.data.prepare import prepare_data
+from niche.data.spans import union_of
 from niche.data.template import TemplateEncoder, build_template
 from niche.errors import ConfigError, ModelError
 from niche.eval.baselines import run_baselines
+from niche.eval.crf import run_crf_baseline
 from niche.eval.generation import answer_examples
 from niche.hardware import detect_hardware
 from niche.io import atomic_directory, sha256_of_file, write_json_atomic, write_text_atomic
@@ -208,19 +210,39 @@ def score_model(
     return ModelScore(name, metrics, seconds, len(examples) / seconds if seconds else 0.0, predictions)
 
 
-# How the bare base is asked a label head's task: the head's input is the text alone, which tells a base nothing.
+# How the bare base is asked a head's task: the head's input is the text alone, which tells a base nothing.
 ZERO_SHOT_PROMPT = "Classify the text into one of these labels: {labels}. Answer with the label only."
+ZERO_SHOT_JSON_PROMPT = "Extract from the user's text a JSON object with this JSON schema: {schema}"
 
 
 def zero_shot(
     manifest: SpecialistManifest, tokenizer: Any, options: dict[str, Any]
 ) -> tuple[TemplateEncoder, dict[str, Any]]:
-    """The base model's template with a system prompt naming the labels (the config's own, else ZERO_SHOT_PROMPT),
-    decoding within the label set."""
+    """The base model's template with a system prompt naming the labels, or for JSON the schema (the config's own
+    system prompt, else ZERO_SHOT_PROMPT or ZERO_SHOT_JSON_PROMPT), decoding within the label set or under the
+    stored schema."""
 
     configured = manifest.trained_config().prompt.system_prompt
+    if manifest.task.kind == "json":
+        schema = json.dumps(schema_outline(manifest.task.output_schema or {}), separators=(",", ":"))
+        template = build_template(tokenizer, configured or ZERO_SHOT_JSON_PROMPT.format(schema=schema), None, None)
+        return TemplateEncoder(tokenizer, template), options | {"json_schema": manifest.task.output_schema}
     template = build_template(tokenizer, configured or ZERO_SHOT_PROMPT, None, manifest.task.labels)
     return TemplateEncoder(tokenizer, template), options | {"allowed_answers": manifest.task.labels}
+
+
+def schema_outline(schema: dict[str, Any]) -> dict[str, Any]:
+    """What a prompt shows of a schema: its shape and closed sets, not niche's annotations, the conditional
+    branches or the length bounds the grammar enforces anyway."""
+    outline: dict[str, Any] = {}
+    for key, value in union_of(schema).items():
+        if key == "properties":
+            outline[key] = {name: schema_outline(child) for name, child in value.items()}
+        elif key == "items" and isinstance(value, dict):
+            outline[key] = schema_outline(value)
+        elif key in ("type", "enum", "const"):
+            outline[key] = value
+    return outline
 
 
 def score_predictions(manifest: SpecialistManifest, predictions: list[str], references: list[str]) -> dict[str, Any]:
@@ -252,16 +274,22 @@ def training_rows(manifest: SpecialistManifest) -> tuple[list[Example], list[Exa
 def baseline_scores(
     manifest: SpecialistManifest, examples: list[Example], references: list[str], show_progress: bool
 ) -> list[ModelScore]:
-    """TF-IDF and sentence-embedding logistic regressions, fitted on the specialist's training rows."""
+    """The classic baselines, fitted on the specialist's training rows: TF-IDF and sentence-embedding logistic
+    regressions for a label task, the CRF tagger (with logistic regressions for closed-set fields) for JSON."""
 
-    if manifest.task.kind != "label":
+    if manifest.task.kind not in ("label", "json"):
         raise ConfigError(
-            f"--baselines: the classic baselines classify labels; {manifest.name!r} is a {manifest.task.kind} task"
+            f"--baselines: the classic baselines classify labels or extract JSON; {manifest.name!r} is a "
+            f"{manifest.task.kind} task"
         )
     train_rows, validation_rows = training_rows(manifest)
     if show_progress:
         print(f"fitting the classic baselines on {len(train_rows)} training rows")
-    scores = run_baselines(train_rows, validation_rows, examples, references, manifest.task.labels, seed=0)
+    if manifest.task.kind == "json":
+        assert manifest.task.output_schema is not None
+        scores = [run_crf_baseline(train_rows, validation_rows, examples, references, manifest.task.output_schema)]
+    else:
+        scores = run_baselines(train_rows, validation_rows, examples, references, manifest.task.labels, seed=0)
     price = manifest.trained_config().ladder.price_per_hour
     return [
         ModelScore(
@@ -336,9 +364,9 @@ def _baseline_lines(report: EvalReport) -> list[str]:
         return []
     lines = [
         "",
-        "Classic baselines, fitted on the specialist's training rows (C chosen on its validation rows):",
+        "Classic baselines, fitted on the specialist's training rows (settings chosen on its validation rows):",
         "",
-        "| baseline | fit (s) | latency p50 / p95 (ms) | cost / 1k requests | C |",
+        "| baseline | fit (s) | latency p50 / p95 (ms) | cost / 1k requests | chosen |",
         "|---|---|---|---|---|",
     ]
     for result in fitted:
@@ -346,9 +374,20 @@ def _baseline_lines(report: EvalReport) -> list[str]:
         lines.append(
             f"| {result.name} | {details['fit_seconds']:.1f} | {details['latency_p50_ms']:.1f} / "
             f"{details['latency_p95_ms']:.1f} | {details['cost_per_thousand_requests']:.6f} at "
-            f"{details['price_per_hour']:g}/h | {details['settings'].get('C')} |"
+            f"{details['price_per_hour']:g}/h | {_chosen(details['settings'])} |"
         )
+    out_of_reach = [result.details["settings"].get("out_of_reach") for result in fitted]
+    for fields in filter(None, out_of_reach):
+        lines += ["", f"Out of the classic baseline's reach (neither copied nor a closed set): {', '.join(fields)}."]
     return lines
+
+
+def _chosen(settings: dict[str, Any]) -> str:
+    """The regularisation a baseline chose: C for a regression, the CRF's penalties."""
+    if "crf" in settings:
+        crf = settings["crf"]
+        return f"c1 {crf.get('c1')}, c2 {crf.get('c2')}" if crf else "no copied fields"
+    return f"C {settings.get('C')}"
 
 
 def _field_lines(report: EvalReport) -> list[str]:

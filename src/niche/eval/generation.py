@@ -10,8 +10,16 @@ import torch
 
 from niche.data.examples import Example
 from niche.data.template import TemplateEncoder
-from niche.decoding import AnswerTrie, JsonGrammar, TokenConstraint, answer_trie
+from niche.decoding import (
+    AnswerTrie,
+    JsonGrammar,
+    TokenConstraint,
+    answer_trie,
+    has_copied_fields,
+    schema_for_input,
+)
 from niche.head import classify
+from niche.tagger import Tagger, tag_examples
 
 
 class ConstrainedRows:
@@ -77,7 +85,8 @@ def generate_answers(
     if trie is not None:
         max_new_tokens = trie.longest + 1
     grammar = json_grammar_for(model, encoder) if json_schema is not None and trie is None else None
-    grammar_text = grammar.compile(json_schema) if grammar is not None else None
+    grammar_text = grammar.compile(json_schema) if grammar is not None and json_schema is not None else None
+    copying = has_copied_fields(json_schema)
     order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
     answers: list[str] = [""] * len(prompts)
     pad_id = tokenizer.pad_token_id
@@ -91,7 +100,12 @@ def generate_answers(
             attention_mask[row, width - len(prompts[index]) :] = 1
         processors = LogitsProcessorList()
         if grammar is not None and grammar_text is not None:
-            constraints: list[TokenConstraint] = [grammar.constraint(grammar_text) for _ in indices]
+            # Copied fields are decoded from each row's own input: one grammar per row.
+            texts = [
+                grammar.compile(schema_for_input(json_schema, examples[index].input_text)) if copying else grammar_text
+                for index in indices
+            ]
+            constraints: list[TokenConstraint] = [grammar.constraint(text) for text in texts]
             processors.append(ConstrainedRows(constraints, width, encoder.stop_ids))
         output = model.generate(
             input_ids=input_ids.to(device),
@@ -117,9 +131,11 @@ def answer_examples(
     options: dict[str, Any],
     on_batch: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """Each example's answer: from the label head when `options` carries one (one forward pass, no decoding),
-    otherwise greedily generated with the options (batch size, budget, label or schema constraint)."""
+    """Each example's answer: from the head when `options` carries one (a label head or a tagger: one forward pass,
+    no decoding), otherwise greedily generated with the options (batch size, budget, label or schema constraint)."""
     head = options.get("head")
+    if isinstance(head, Tagger):
+        return tag_examples(model, head, encoder, examples, batch_size=options["batch_size"], on_batch=on_batch)
     if head is not None:
         return classify(
             model, head, encoder, options["labels"], examples, batch_size=options["batch_size"], on_batch=on_batch

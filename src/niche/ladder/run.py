@@ -16,6 +16,7 @@ from niche.data.examples import Example
 from niche.data.template import TemplateEncoder
 from niche.errors import ConfigError
 from niche.eval.baselines import run_baselines
+from niche.eval.crf import run_crf_baseline
 from niche.eval.evaluate import (
     bare_base,
     decoding_options,
@@ -126,9 +127,12 @@ def run_ladder(config: NicheConfig, *, show_progress: bool = True) -> LadderRepo
             relevant = _relevant_sources(config.data.test, config.rag.relevant_field)
             retrieval |= retrieval_metrics(hits, relevant, config.rag.top_k)
     # Read before any rung is scored: a training file moved since training fails the ladder at once.
-    baseline_rows = training_rows(manifest) if manifest.task.kind == "label" else None
+    baseline_rows = training_rows(manifest) if manifest.task.kind in ("label", "json") else None
     if head is not None and rag_examples is not None:
-        notes.append("specialist+rag was skipped: a label head reads the bare text and was not trained with context")
+        notes.append(
+            f"specialist+rag was skipped: {manifest.task.head.describe()} reads the bare text and was not trained "
+            "with context"
+        )
     rungs = []
     for name, with_adapter, with_rag in RUNGS:
         if with_rag and (rag_examples is None or (with_adapter and head is not None)):
@@ -164,8 +168,9 @@ def run_ladder(config: NicheConfig, *, show_progress: bool = True) -> LadderRepo
     else:
         forgetting = {}
         notes.append(
-            "the specialist answers with a label head and never generates: the shared base answers every other "
-            "request unchanged, so there is nothing to forget and the forgetting probes were not run"
+            f"the specialist answers with {manifest.task.head.describe()} and never generates: the shared base "
+            "answers every other request unchanged, so there is nothing to forget and the forgetting probes were "
+            "not run"
         )
     log_path = config.specialist_dir / "training_log.json"
     report = LadderReport(
@@ -198,24 +203,37 @@ def _baseline_rungs(
     settings: Any,
     show_progress: bool,
 ) -> list[Rung]:
-    """TF-IDF and embedding logistic regressions fitted on the specialist's training rows, as rungs."""
+    """The classic baselines fitted on the specialist's training rows, as rungs: TF-IDF and embedding logistic
+    regressions for a label task, the CRF tagger for JSON."""
 
     train_rows, validation_rows = rows
     if show_progress:
         print(f"ladder: fitting the classic baselines on {len(train_rows)} training rows")
-    scores = run_baselines(
-        train_rows,
-        validation_rows,
-        examples,
-        references,
-        manifest.task.labels,
-        latency_requests=settings.latency_requests,
-    )
+    if manifest.task.kind == "json":
+        scores = [
+            run_crf_baseline(
+                train_rows,
+                validation_rows,
+                examples,
+                references,
+                manifest.task.output_schema,
+                latency_requests=settings.latency_requests,
+            )
+        ]
+    else:
+        scores = run_baselines(
+            train_rows,
+            validation_rows,
+            examples,
+            references,
+            manifest.task.labels,
+            latency_requests=settings.latency_requests,
+        )
     return [
         Rung(
             name=score.name,
             metrics=score.metrics,
-            headline=float(score.metrics[HEADLINE_METRIC["label"]]),
+            headline=float(score.metrics[HEADLINE_METRIC[manifest.task.kind]]),
             examples_per_s=score.examples_per_s,
             tokens_per_s=float("nan"),
             prompt_tokens_per_request=0.0,

@@ -33,7 +33,15 @@ import torch
 
 from niche.data.examples import Example
 from niche.data.template import PromptTemplate, TemplateEncoder, build_template
-from niche.decoding import AnswerTrie, JsonGrammar, LabelConstraint, TokenConstraint, answer_trie
+from niche.decoding import (
+    AnswerTrie,
+    JsonGrammar,
+    LabelConstraint,
+    TokenConstraint,
+    answer_trie,
+    has_copied_fields,
+    schema_for_input,
+)
 from niche.errors import ModelError, NicheError
 from niche.hardware import one_thread
 from niche.models import load_tokenizer
@@ -45,6 +53,7 @@ from niche.specialist import (
     read_manifest,
     resolve_specialist_base,
 )
+from niche.tagger import tagger_input
 from niche.tracking import deployed_version
 
 log = logging.getLogger(__name__)
@@ -116,6 +125,7 @@ class Generation:
     sent: str = ""
     finished: bool = False
     revision: str = ""  # which version of the specialist answered (registry version or training time)
+    source_text: str = ""  # a tagger's input text, whose spans its answer copies
 
     def cancel(self) -> None:
         """Stop the request (its client went away): the engine drops its row at the next step, and a thread
@@ -267,30 +277,46 @@ class EngineCore:
 
     # ---- requests -------------------------------------------------------------------------------------------
 
-    # Whether this engine answers label-head specialists (one forward pass, no decoding).
+    # Whether this engine answers head specialists, label heads and taggers (one forward pass, no decoding).
     runs_label_heads = False
 
     def submit(self, name: str, messages: list[dict[str, str]], params: SamplingParams) -> Generation:
         """Queue a request; bad requests (unknown model, bad schema, too long) fail here, before any work."""
         encoder = self.encoder_of(name)
-        prompt = encoder.prompt_ids(Example(messages=tuple(messages), response=""))
-        if self.head_of(name) is not None:
+        example = Example(messages=tuple(messages), response="")
+        head = self.head_of(name)
+        if head is not None and head.kind == "tagger":
+            text = encoder.template.render_prompt(self.tokenizer, example)
+            prompt = tagger_input(self.tokenizer, text, head.echo).input_ids
+            return self.generate(name, prompt, self._head_params(name, params), source_text=text)
+        prompt = encoder.prompt_ids(example)
+        if head is not None:
             return self.generate(name, prompt, self._head_params(name, params))
         params = self._with_stored_schema(name, params)
-        return self.generate(name, prompt, params, self._constraint(name, encoder, params))
+        return self.generate(name, prompt, params, self._constraint(name, encoder, params, example.input_text))
 
     def head_of(self, name: str) -> Any:
-        """The head record of a label-head specialist, None for any other model."""
+        """The head record of a head specialist (label head or tagger), None for any other model."""
         manifest = self.specialists[name][1] if name in self.specialists else None
         return manifest.task.head if manifest is not None else None
 
     def _head_params(self, name: str, params: SamplingParams) -> SamplingParams:
+        manifest = self.specialists[name][1]
+        head = manifest.task.head
+        assert head is not None
         if not self.runs_label_heads:
             raise NicheError(
-                f"{name!r} answers with a label head, which this engine cannot run; serve it with --engine torch"
+                f"{name!r} answers with {head.describe()}, which this engine cannot run; serve it with --engine torch"
             )
-        if params.response == "json":
+        if head.kind == "label" and params.response == "json":
             raise NicheError(f"{name!r} answers with a label from its label set; it cannot answer in JSON")
+        if head.kind == "tagger" and params.response == "label":
+            raise NicheError(f"{name!r} answers in JSON under its stored schema; it has no label set")
+        if head.kind == "tagger" and params.json_schema not in (None, manifest.task.output_schema):
+            raise NicheError(
+                f"{name!r} answers with a tagging head, under the schema it was trained with only; leave "
+                "response_format out (or json_object) to get it"
+            )
         return params
 
     def _with_stored_schema(self, name: str, params: SamplingParams) -> SamplingParams:
@@ -303,7 +329,12 @@ class EngineCore:
         return dataclasses.replace(params, response="json", json_schema=manifest.task.output_schema)
 
     def generate(
-        self, name: str, prompt: list[int], params: SamplingParams, constraint: TokenConstraint | None = None
+        self,
+        name: str,
+        prompt: list[int],
+        params: SamplingParams,
+        constraint: TokenConstraint | None = None,
+        source_text: str = "",
     ) -> Generation:
         encoder = self.encoder_of(name)
         if self.context_length and len(prompt) + params.max_tokens > self.context_length:
@@ -321,6 +352,7 @@ class EngineCore:
             constraint,
             deadline=time.monotonic() + self.timeout_s,
             generator=torch.Generator().manual_seed(params.seed) if params.seed is not None else None,
+            source_text=source_text,
         )
         with self._intake:
             if self.queued() >= self.max_queue:
@@ -336,15 +368,22 @@ class EngineCore:
     def complete(self, name: str, messages: list[dict[str, str]], params: SamplingParams) -> Completion:
         return self.submit(name, messages, params).result()
 
-    def _constraint(self, name: str, encoder: TemplateEncoder, params: SamplingParams) -> TokenConstraint | None:
+    def _constraint(
+        self, name: str, encoder: TemplateEncoder, params: SamplingParams, source_text: str = ""
+    ) -> TokenConstraint | None:
+        """The request's constraint; a schema's copied fields are decoded from `source_text`, the request's last
+        user message, so their grammar is the request's own."""
         if params.response == "label":
             return LabelConstraint(self._label_trie(name, encoder))
-        if params.response == "json":
-            key = json.dumps(params.json_schema, sort_keys=True)
-            if key not in self.grammars:
-                self.grammars[key] = self._json().compile(params.json_schema)
-            return self._json().constraint(self.grammars[key])
-        return None
+        if params.response != "json":
+            return None
+        if has_copied_fields(params.json_schema):
+            assert params.json_schema is not None
+            return self._json().constraint(self._json().compile(schema_for_input(params.json_schema, source_text)))
+        key = json.dumps(params.json_schema, sort_keys=True)
+        if key not in self.grammars:
+            self.grammars[key] = self._json().compile(params.json_schema)
+        return self._json().constraint(self.grammars[key])
 
     def _json(self) -> JsonGrammar:
         if self._json_grammar is None:

@@ -11,6 +11,7 @@ with each specialist's stored template, so serving sees requests exactly as trai
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 
 from niche.errors import ModelError
 from niche.hardware import bound_kernel_caches, detect_hardware, one_thread
-from niche.head import load_head, mean_pool
+from niche.head import mean_pool
 from niche.models import load_model, prepare_for_inference
 from niche.serve import decode_attention, multilora
 from niche.serve.base import (
@@ -35,6 +36,8 @@ from niche.serve.base import (
     Generation,
 )
 from niche.serve.kvcache import BatchKVCache, is_plain
+from niche.specialist import load_answer_head
+from niche.tagger import Tagger
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +58,9 @@ class _HeadsRead(Exception):
 class TorchEngine(EngineCore):
     """Base model plus specialists' adapters; requests for any of them are decoded together in one batch.
 
-    Label-head specialists answer in their admission step: one forward pass of their rows up to the deepest layer
-    their heads read, the mean of that layer's output through each row's head; they never join the decoding batch.
+    Head specialists (label heads and taggers) answer in their admission step: one forward pass of their rows up to
+    the deepest layer their heads read, that layer's output through each row's head; they never join the decoding
+    batch.
     """
 
     runs_label_heads = True
@@ -98,7 +102,7 @@ class TorchEngine(EngineCore):
         self.lora_state = multilora.MultiLoraState()
         self.prefixes: dict[str, PrefixCache] = {}  # adapter -> keys/values of its prompts' common prefix
         self.last_prompts: dict[str, list[int]] = {}
-        self.heads: dict[str, tuple[int, Any, list[str]]] = {}  # adapter -> (layer, LabelHead, labels)
+        self.heads: dict[str, tuple[int, Any, list[str]]] = {}  # adapter -> (layer, LabelHead or Tagger, labels)
         self._scheduler = threading.Thread(target=self._schedule, name="niche-scheduler", daemon=True)
         self._scheduler.start()
 
@@ -114,9 +118,8 @@ class TorchEngine(EngineCore):
         else:
             self.model.load_adapter(str(directory), adapter_name=adapter)
         if manifest.task.head is not None:
-            labels = list(manifest.task.labels or [])
-            head = load_head(directory, self.model_config.hidden_size, len(labels)).to(self.device)
-            self.heads[adapter] = (manifest.task.head.layer, head, labels)
+            head = load_answer_head(directory, manifest, self.model_config.hidden_size, self.device)
+            self.heads[adapter] = (manifest.task.head.layer, head, list(manifest.task.labels or []))
 
     def _adapter_ready(self, adapter: str) -> None:
         # After the eviction, so the model always keeps an adapter and stays a PeftModel.
@@ -296,8 +299,9 @@ class TorchEngine(EngineCore):
             multilora.restore(self.model)
 
     def _classify(self, rows: list[Generation]) -> None:
-        """Answer label-head rows: one right-padded pass up to the deepest layer their heads read, each row's
-        head on the mean of its layer's output (as in training: `niche.head`)."""
+        """Answer head rows: one right-padded pass up to the deepest layer their heads read, each row's label head
+        on the mean of its layer's output (`niche.head`), or its tagger on that output (`niche.tagger`), as in
+        training."""
 
         width = max(len(row.prompt) for row in rows)
         input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
@@ -313,8 +317,12 @@ class TorchEngine(EngineCore):
                 row.finished = True
                 continue
             layer, head, labels = self.heads[row.adapter]
-            logits = head(mean_pool(outputs[layer][index : index + 1], mask[index : index + 1]))
-            row.text = labels[int(logits.argmax())]
+            hidden = outputs[layer][index : index + 1]
+            if isinstance(head, Tagger):
+                answer = head.answer(hidden, head.inputs(self.tokenizer, row.source_text))
+                row.text = json.dumps(answer, ensure_ascii=False)
+            else:
+                row.text = labels[int(head(mean_pool(hidden, mask[index : index + 1])).argmax())]
             row.generated = [0]  # one answer, counted as one completion token
             self._finish(row, "stop")
 

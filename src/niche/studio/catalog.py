@@ -201,7 +201,7 @@ def card(
             "kind": manifest.task.kind,
             "labels": manifest.task.labels,
             "output_schema": manifest.task.output_schema,
-            "answers_with": "label head" if manifest.task.head is not None else "generation",
+            "answers_with": manifest.task.head.describe().removeprefix("a ") if manifest.task.head else "generation",
         },
         "objective": recipe.get("objective"),
         "data": {split: record.model_dump() for split, record in manifest.data.items()},

@@ -21,7 +21,7 @@ from torch import nn
 from niche.data.examples import Example
 from niche.data.tasks import label_of
 from niche.data.template import EncodedExample, TemplateEncoder
-from niche.head import LabelHead, cut_at_layer, load_head, pooled_features, save_head
+from niche.head import HEAD_FILE, LabelHead, cut_at_layer, pooled_features, save_head
 from niche.train.engine import PlannedTrainer
 
 
@@ -93,22 +93,18 @@ def accuracy_metric(prediction: Any) -> dict[str, float]:
     return {"accuracy": accuracy, "selection_score": accuracy - 1e-4 * min(loss, 9.0)}
 
 
-class ClassifierTrainer(PlannedTrainer):
-    """Cross-entropy over the labels; checkpoints hold the LoRA adapter (PEFT's own files) and the head."""
+class HeadTrainer(PlannedTrainer):
+    """A Trainer for a cut base with a head (`model.backbone`, `model.head`): checkpoints hold the LoRA adapter
+    (PEFT's own files) and the head's weights (`head_file`), and the best one is restored from them."""
 
-    def compute_loss(
-        self, model: Any, inputs: dict[str, torch.Tensor], return_outputs: bool = False, num_items_in_batch: Any = None
-    ) -> Any:
-        logits = model(inputs["input_ids"], inputs["attention_mask"])
-        loss = F.cross_entropy(logits, inputs["labels"])
-        return (loss, {"logits": logits}) if return_outputs else loss
+    head_file = HEAD_FILE
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         directory = Path(output_dir or self.args.output_dir)
         directory.mkdir(parents=True, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
         model.backbone.save_pretrained(directory)
-        save_head(model.head, directory)
+        save_head(model.head, directory, self.head_file)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(directory)
 
@@ -118,11 +114,21 @@ class ClassifierTrainer(PlannedTrainer):
 
         model = self.accelerator.unwrap_model(self.model)
         set_peft_model_state_dict(model.backbone, load_file(Path(checkpoint) / "adapter_model.safetensors"))
-        restored = load_head(Path(checkpoint), model.head.linear.in_features, model.head.linear.out_features)
-        model.head.load_state_dict(restored.state_dict())
+        model.head.load_state_dict(load_file(Path(checkpoint) / self.head_file))
 
     def _load_best_model(self) -> None:
         self._restore(self.state.best_model_checkpoint)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         self._restore(resume_from_checkpoint)
+
+
+class ClassifierTrainer(HeadTrainer):
+    """Cross-entropy over the labels."""
+
+    def compute_loss(
+        self, model: Any, inputs: dict[str, torch.Tensor], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        logits = model(inputs["input_ids"], inputs["attention_mask"])
+        loss = F.cross_entropy(logits, inputs["labels"])
+        return (loss, {"logits": logits}) if return_outputs else loss

@@ -15,7 +15,7 @@ from niche.config import NicheConfig
 from niche.data.prepare import PreparedData
 from niche.data.template import TemplateEncoder
 from niche.hardware import Hardware
-from niche.head import save_head
+from niche.head import HEAD_FILE, save_head
 from niche.models import ResolvedBase
 from niche.specialist import (
     BaseModelRecord,
@@ -26,8 +26,10 @@ from niche.specialist import (
     library_versions,
     write_specialist,
 )
+from niche.tagger import TAGGER_FILE
 from niche.train.classify import HeadModel
 from niche.train.recipe import Recipe
+from niche.train.tag import TaggerModel
 
 
 @dataclass
@@ -100,7 +102,7 @@ def build_manifest(
             output_schema=data.output_schema,
             schema_source=data.schema_source,
             longest_answer_tokens=metrics.get("longest_answer_tokens"),
-            head=HeadRecord(layer=recipe.head_layer) if recipe is not None and recipe.head_layer is not None else None,
+            head=head_record(model, recipe),
         ),
         data=data.fingerprints,
         hyperparameters={
@@ -117,6 +119,22 @@ def build_manifest(
     )
 
 
+def head_record(model: Any, recipe: Recipe | None) -> HeadRecord | None:
+    """What a head specialist answers with: its layer, and for a tagger its fields and input rule."""
+    if recipe is None or recipe.head_layer is None:
+        return None
+    if isinstance(model, TaggerModel):
+        tagger = model.tagger
+        return HeadRecord(
+            layer=recipe.head_layer,
+            kind="tagger",
+            file=TAGGER_FILE,
+            echo=tagger.echo,
+            extraction=tagger.plan.to_record(),
+        )
+    return HeadRecord(layer=recipe.head_layer)
+
+
 def write_trained_specialist(
     target: Path,
     model: Any,
@@ -129,9 +147,9 @@ def write_trained_specialist(
     """A trained PEFT model or label-head model written as a specialist directory (`niche.specialist`)."""
 
     def save_weights(directory: Path) -> None:
-        if isinstance(model, HeadModel):
+        if isinstance(model, (HeadModel, TaggerModel)):
             model.backbone.save_pretrained(directory)
-            save_head(model.head, directory)
+            save_head(model.head, directory, TAGGER_FILE if isinstance(model, TaggerModel) else HEAD_FILE)
         else:
             model.save_pretrained(directory)
 
@@ -139,4 +157,4 @@ def write_trained_specialist(
 
 
 def _causal_lm(model: Any) -> Any:
-    return (model.backbone if isinstance(model, HeadModel) else model).get_base_model()
+    return (model.backbone if isinstance(model, (HeadModel, TaggerModel)) else model).get_base_model()

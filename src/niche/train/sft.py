@@ -23,6 +23,8 @@ from niche.config import NicheConfig
 from niche.data.examples import Example
 from niche.data.formats import load_examples
 from niche.data.prepare import PreparedData, fingerprint_of, prepare_data
+from niche.data.schema import allowed_by_value
+from niche.data.spans import extraction_plan
 from niche.data.template import EncodedExample, PromptTemplate, TemplateEncoder, specialist_template
 from niche.decoding import JsonGrammar
 from niche.errors import ConfigError, DataError, require_extra
@@ -30,6 +32,7 @@ from niche.hardware import Hardware, detect_hardware, training_attention
 from niche.head import HEAD_TEMPLATE
 from niche.models import ResolvedBase, load_model, load_tokenizer, resolve_base
 from niche.specialist import load_specialist
+from niche.tagger import TAGGER_TEMPLATE, Tagger
 from niche.tracking import tracked_run
 from niche.train.budget import PlannerCallback, TrainingPlan
 from niche.train.classify import (
@@ -58,6 +61,15 @@ from niche.train.forgetting import ForgettingProbeCallback, everyday_accuracy
 from niche.train.kd import DistillTrainer
 from niche.train.memory import MicroBatch, activation_bytes_per_row, choose_micro_batch
 from niche.train.recipe import DataProfile, apply_recipe, choose_recipe, default_objective
+from niche.train.tag import (
+    TaggerCollator,
+    TaggerModel,
+    TaggerTrainer,
+    build_tagger_model,
+    encode_for_tagger,
+    field_f1_metric,
+    tagged_features,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +115,16 @@ PROVISIONAL_EVAL_EVERY = 50
 
 
 def training_arguments(
-    config: NicheConfig, hardware: Hardware, checkpoint_dir: Path, micro_batch: MicroBatch, classify: bool = False
+    config: NicheConfig,
+    hardware: Hardware,
+    checkpoint_dir: Path,
+    micro_batch: MicroBatch,
+    classify: bool = False,
+    label_names: Sequence[str] = ("labels",),
 ) -> Any:
-    """The Trainer's arguments; a label head keeps the checkpoint with the best validation accuracy, a generative
-    specialist the one with the lowest validation loss. Each optimizer step takes batch_size rows in passes of
-    micro_batch.rows."""
+    """The Trainer's arguments; a head keeps the checkpoint with the best validation score (a label head's accuracy,
+    a tagger's field F1), a generative specialist the one with the lowest validation loss. Each optimizer step takes
+    batch_size rows in passes of micro_batch.rows."""
     from transformers import TrainingArguments
 
     settings = config.training
@@ -138,7 +155,7 @@ def training_arguments(
         train_sampling_strategy="group_by_length",
         include_num_input_tokens_seen="non_padding",
         prediction_loss_only=not classify,
-        label_names=["labels"],
+        label_names=list(label_names),
         remove_unused_columns=False,
         report_to="none",
         disable_tqdm=True,
@@ -166,8 +183,8 @@ def train_sft(
         base = resolve_base(config.base)
     tokenizer = load_tokenizer(base)
     data = prepare_data(config)
-    objective = choose_objective(config, data.task_kind)
-    encoder, train_encoded, validation_encoded, rejects = encode_for(objective, config, tokenizer, data)
+    objective = choose_objective(config, data)
+    encoder, train_encoded, validation_encoded, rejects, tagger = encode_for(objective, config, tokenizer, data)
     if data.output_schema is not None:
         # Eval and serve decode under it: a schema the grammar engine refuses fails now, not after training.
         JsonGrammar(tokenizer, len(tokenizer), encoder.stop_ids).compile(
@@ -203,7 +220,9 @@ def train_sft(
         fingerprints = {split: fingerprint.model_dump() for split, fingerprint in data.fingerprints.items()}
         tracker.tags({f"data.{split}.sha256": fingerprint["sha256"] for split, fingerprint in fingerprints.items()})
         tracker.artifact_json(fingerprints, "data.json")
-        if recipe.head_layer is not None:
+        if tagger is not None and recipe.head_layer is not None:
+            model = build_tagger(config, base, hardware, longest_row, recipe.head_layer, tagger)
+        elif recipe.head_layer is not None:
             model = build_classifier(config, base, hardware, longest_row, recipe.head_layer, data.labels or [])
         else:
             model = build_lora_model(config, base, hardware, longest_row)
@@ -219,7 +238,7 @@ def train_sft(
         runtime = time.perf_counter() - started
         metrics = {
             "train_loss": output.training_loss,
-            **best_validation(trainer, classify=recipe.head_layer is not None),
+            **best_validation(trainer, objective),
             "best_step": trainer.state.best_global_step,
             "steps": trainer.state.global_step,
             "epochs": trainer.state.epoch,
@@ -229,7 +248,7 @@ def train_sft(
             "train_examples": len(train_encoded),
             "validation_examples": len(validation_encoded),
             "validation_source": data.validation_source,
-            "longest_answer_tokens": max(item.supervised_tokens for item in train_encoded),
+            "longest_answer_tokens": longest_answer_tokens(tokenizer, data, train_encoded, tagger),
             "replay_examples": replayed,
             "plan": plan.summary() | micro_batch.summary(),
         }
@@ -261,13 +280,22 @@ def train_sft(
     return result
 
 
-def best_validation(trainer: Any, classify: bool) -> dict[str, float]:
-    """The kept checkpoint's validation scores, read from the log (no second pass): loss, and accuracy for a head."""
-    keys = ("eval_accuracy", "eval_loss") if classify else ("eval_loss",)
+def best_validation(trainer: Any, objective: str) -> dict[str, float]:
+    """The kept checkpoint's validation scores, read from the log (no second pass): loss, and a head's score."""
+    keys = {"classify": ("eval_accuracy", "eval_loss"), "tag": ("eval_field_f1", "eval_loss")}.get(
+        objective, ("eval_loss",)
+    )
     best = trainer.state.best_global_step
     logged = [row for row in trainer.state.log_history if row.get("step") == best and "eval_loss" in row]
     scores = logged[-1] if logged else trainer.evaluate()
     return {key: scores[key] for key in keys}
+
+
+def longest_answer_tokens(tokenizer: Any, data: PreparedData, encoded: list[Any], tagger: Tagger | None) -> int:
+    """The longest training answer in tokens (what sizes a decoding budget): a tagger's answers are its JSON."""
+    if tagger is None:
+        return max(item.supervised_tokens for item in encoded)
+    return 1 + max(len(tokenizer(example.response, add_special_tokens=False)["input_ids"]) for example in data.train)
 
 
 def base_config(base: ResolvedBase) -> Any:
@@ -289,10 +317,12 @@ def micro_batch_for(
     return choose_micro_batch(settings.batch_size, settings.micro_batch_size, row_bytes, hardware.device)
 
 
-def choose_objective(config: NicheConfig, task_kind: str) -> str:
-    """classify (a label head) or generate: the config's choice; `auto` picks the head for a label task unless
-    the config asks for something only a generative specialist has (replay, the forgetting probe, distillation,
-    QLoRA)."""
+def choose_objective(config: NicheConfig, data: PreparedData) -> str:
+    """classify (a label head), tag (a tagging head) or generate: the config's choice; `auto` picks a label head
+    for a label task and a tagger for a JSON task whose every field is copied or a closed set, unless the config
+    asks for something only a generative specialist has (replay, the forgetting probe, distillation, QLoRA)."""
+    task_kind = data.task_kind
+    plan = extraction_plan(data.output_schema) if data.output_schema is not None else None
     generative_only = {
         "data.replay": config.data.replay is not None,
         "training.forgetting_probe_every": bool(config.training.forgetting_probe_every),
@@ -302,7 +332,21 @@ def choose_objective(config: NicheConfig, task_kind: str) -> str:
     asked = [name for name, set_ in generative_only.items() if set_]
     objective = config.training.objective
     if objective == "auto":
-        return "generate" if asked else default_objective(task_kind)
+        return "generate" if asked else default_objective(task_kind, plan is not None and plan.taggable)
+    if objective == "tag":
+        if plan is None:
+            raise ConfigError(f"training.objective tag: needs a JSON task, and this data is a {task_kind} task")
+        if not plan.taggable:
+            out = "; ".join(f"{name}: {why}" for name, why in plan.unsupported.items()) or "no fields"
+            raise ConfigError(
+                f"training.objective tag: a tagger answers fields copied from the input or from a closed set, and "
+                f"this schema has others ({out}); set training.objective: generate"
+            )
+        if asked:
+            raise ConfigError(
+                f"training.objective tag: a tagging head does not generate, so {', '.join(asked)} do not apply; "
+                "set training.objective: generate"
+            )
     if objective == "classify":
         if task_kind != "label":
             raise ConfigError(f"training.objective classify: needs a label task, and this data is a {task_kind} task")
@@ -316,20 +360,41 @@ def choose_objective(config: NicheConfig, task_kind: str) -> str:
 
 def encode_for(
     objective: str, config: NicheConfig, tokenizer: Any, data: PreparedData
-) -> tuple[TemplateEncoder, list[EncodedExample], list[EncodedExample], list[dict[str, Any]]]:
-    """The template frozen for the specialist, and the rows encoded for the objective; over-long rows rejected."""
+) -> tuple[TemplateEncoder, list[Any], list[Any], list[dict[str, Any]], Tagger | None]:
+    """The template frozen for the specialist, the rows encoded for the objective (over-long rows rejected), and a
+    tagger's fields and rules when the objective is tag."""
     max_length = config.training.max_seq_length
     if objective == "classify":
         encoder = TemplateEncoder(tokenizer, PromptTemplate(chat_template=HEAD_TEMPLATE))
         labels = data.labels or []
         train_encoded, rejects = encode_for_head(encoder, data.train, labels, max_length)
         validation_encoded, validation_rejects = encode_for_head(encoder, data.validation, labels, max_length)
-        return encoder, train_encoded, validation_encoded, rejects + validation_rejects
+        return encoder, train_encoded, validation_encoded, rejects + validation_rejects, None
+    if objective == "tag":
+        assert data.output_schema is not None
+        tagger = Tagger(tagging_plan(data), echo=True)
+        encoder = TemplateEncoder(tokenizer, PromptTemplate(chat_template=TAGGER_TEMPLATE))
+        train_encoded, rejects, unplaced = encode_for_tagger(tagger, encoder, data.train, max_length)
+        validation_encoded, validation_rejects, _ = encode_for_tagger(tagger, encoder, data.validation, max_length)
+        if unplaced:
+            log.warning(
+                "%d copied value(s) of the training rows were not found in their input; they train as text", unplaced
+            )
+        return encoder, train_encoded, validation_encoded, rejects + validation_rejects, tagger
     template = specialist_template(tokenizer, config.prompt, data.labels)
     encoder = TemplateEncoder(tokenizer, template)
     train_encoded, rejects = encode_examples(encoder, data.train, max_length)
     validation_encoded, validation_rejects = encode_examples(encoder, data.validation, max_length)
-    return encoder, train_encoded, validation_encoded, rejects + validation_rejects
+    return encoder, train_encoded, validation_encoded, rejects + validation_rejects, None
+
+
+def tagging_plan(data: PreparedData) -> Any:
+    """The tagger's fields from the output schema, with the copied fields each value of its conditional field
+    allows (`niche.data.schema.conditional_schema`)."""
+    assert data.output_schema is not None
+    plan = extraction_plan(data.output_schema)
+    plan.allowed_with = allowed_by_value(data.output_schema, [item.path for item in plan.spans])
+    return plan
 
 
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -379,6 +444,17 @@ def build_classifier(
     return build_head_model(model, lora_config(config, layers=layer, model=model), layer, len(labels))
 
 
+def build_tagger(
+    config: NicheConfig, base: ResolvedBase, hardware: Hardware, longest_row: int, layer: int, tagger: Tagger
+) -> Any:
+    """The base cut at the tagger's layer, LoRA on the layers kept, and fresh tagging heads."""
+    from transformers import set_seed
+
+    set_seed(config.training.seed)
+    model = load_model(base, hardware.dtype, hardware.device, attention=training_attention(hardware, longest_row))
+    return build_tagger_model(model, lora_config(config, layers=layer, model=model), layer, tagger)
+
+
 def build_lora_model(config: NicheConfig, base: ResolvedBase, hardware: Hardware, longest_row: int) -> Any:
     """The base in the hardware's dtype (4-bit for QLoRA) with fresh, seeded LoRA adapters."""
     from peft import get_peft_model, prepare_model_for_kbit_training
@@ -410,8 +486,14 @@ def build_trainer(
     options: dict[str, Any] = {}
     trainer_class: Any = SupervisedOnlyTrainer
     collator: Any = PaddingCollator(tokenizer.pad_token_id)
-    classify = isinstance(model, HeadModel)
-    if classify:
+    classify = isinstance(model, (HeadModel, TaggerModel))
+    label_names: tuple[str, ...] = ("labels",)
+    features = as_features
+    if isinstance(model, TaggerModel):
+        trainer_class, collator = TaggerTrainer, TaggerCollator(tokenizer.pad_token_id)
+        options["compute_metrics"] = field_f1_metric(model.tagger)
+        label_names, features = ("labels", "choice_labels"), tagged_features
+    elif classify:
         trainer_class, collator = ClassifierTrainer, HeadCollator(tokenizer.pad_token_id)
         options["compute_metrics"] = accuracy_metric
     elif config.distill.teacher is not None:
@@ -419,9 +501,9 @@ def build_trainer(
         trainer_class, options = DistillTrainer, {"teacher": teacher, "settings": config.distill}
     trainer = trainer_class(
         model=model,
-        args=training_arguments(config, hardware, checkpoint_dir_for(config), micro_batch, classify),
-        train_dataset=as_features(train_encoded),
-        eval_dataset=as_features(validation_encoded),
+        args=training_arguments(config, hardware, checkpoint_dir_for(config), micro_batch, classify, label_names),
+        train_dataset=features(train_encoded),
+        eval_dataset=features(validation_encoded),
         data_collator=collator,
         processing_class=tokenizer,
         plan=plan,
