@@ -436,6 +436,7 @@ def test_the_training_form_is_described_and_checked_by_the_config_model(tmp_path
     assert fields["base"]["default"] == "tiny" and fields["training.objective"]["choices"] == [
         "auto",
         "classify",
+        "tag",
         "generate",
     ]
     assert fields["training.max_seq_length"]["default"] == NicheConfig().training.max_seq_length
