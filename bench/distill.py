@@ -79,13 +79,14 @@ def main() -> None:
 
     layers = parse_student_layers(args.student_layers)
 
+    from niche.artifact import load_test_examples, read_manifest
     from niche.config import load_config
     from niche.data.template import TemplateEncoder
     from niche.distill import distill_config, distill_logits
     from niche.eval import evaluate
     from niche.io import write_json_atomic
     from niche.models import load_tokenizer
-    from niche.specialist import load_test_examples, read_manifest, resolve_specialist_base
+    from niche.specialist import resolve_specialist_base
     from niche.train import train
 
     test = WORKDIR / "test.jsonl"

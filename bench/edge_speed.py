@@ -198,12 +198,13 @@ def main() -> None:
 
     import dataclasses
 
+    from niche.artifact import load_test_examples, read_manifest
     from niche.data.template import TemplateEncoder
     from niche.export import merge_into_base
     from niche.hardware import cpu_has_native_bf16
     from niche.io import write_json_atomic
     from niche.models import load_tokenizer
-    from niche.specialist import load_test_examples, read_manifest, resolve_specialist_base
+    from niche.specialist import resolve_specialist_base
 
     native_bf16 = cpu_has_native_bf16()
     torch_dtypes = ["float32", "bfloat16"] if native_bf16 else ["float32"]

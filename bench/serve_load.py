@@ -52,8 +52,8 @@ IDLE_PROMPTS = [f"Public S3 bucket #{index} found" for index in range(18)]  # sh
 def train_specialists(count: int, steps: int) -> Path:
     """K distinct specialists on the same base (cached in build/bench-serve between runs; one trained for another
     number of steps, e.g. by a quick smoke run, is trained again)."""
+    from niche.artifact import read_manifest
     from niche.config import load_config
-    from niche.specialist import read_manifest
     from niche.train import train
 
     root = WORKDIR / "specialists"
@@ -106,8 +106,9 @@ def start_server(
 
 def start_llama_cpp_server(specialists: Path) -> Server:
     """llama-cpp-python's OpenAI server on the same GGUF base and GGUF LoRAs that `--engine llamacpp` uses."""
+    from niche.artifact import discover_specialists
     from niche.gguf import lora_gguf, shared_base_gguf
-    from niche.specialist import discover_specialists, resolve_specialist_base
+    from niche.specialist import resolve_specialist_base
 
     check = subprocess.run([sys.executable, "-c", "import llama_cpp.server.app"], capture_output=True, text=True)
     if check.returncode != 0:
@@ -240,7 +241,7 @@ def user_turn(model: str, text: str) -> Messages:
 
 def with_system_prompts(specialists: Path):
     """What a server that knows nothing of niche's templates gets: the specialist's system prompt, then the turn."""
-    from niche.specialist import discover_specialists
+    from niche.artifact import discover_specialists
 
     prompts = {
         name: manifest.template.system_prompt for name, (_, manifest) in discover_specialists(specialists).items()

@@ -1,6 +1,8 @@
 """The layers of src/niche, checked from its imports (docs/ARCHITECTURE.md draws them).
 
 kernel (shared by all) <- stages (side by side, never importing each other) <- flows (compose stages) <- cli.
+The kernel has two floors: the records (what data and specialists are, read and written without torch) below the
+runtime (models, heads, decoding, loading a specialist to run it).
 Every import counts, module-level and function-level alike; only imports under `if TYPE_CHECKING:` are left out,
 since they never run.
 """
@@ -20,6 +22,7 @@ MAX_MODULE_LINES = 600
 
 KERNEL = {
     "niche",
+    "niche.artifact",
     "niche.config",
     "niche.data",  # and every niche.data.* module
     "niche.decoding",
@@ -38,6 +41,10 @@ KERNEL = {
     "niche.tracking",
     "niche.vllm_compat",
 }
+# The kernel's lower floor: it imports nothing above itself and loads no torch, so that the catalog, the router and
+# the CLI can read data and specialists without loading a model.
+RECORDS_FLOOR = {"niche", "niche.errors", "niche.io", "niche.config", "niche.data", "niche.artifact"}
+NOT_IN_RECORDS = ("torch", "transformers", "peft", "safetensors")
 STAGES = ("curate", "synth", "train", "eval", "rag", "export", "serve")
 FLOWS = ("ladder", "pipeline", "watch", "distill", "demo", "plan", "studio")
 # What the serving path must not load: a serve-only install has none of the training or tracking stack.
@@ -129,12 +136,18 @@ def layer_of(module: str) -> tuple[str, str]:
     raise AssertionError(f"{module} is in no layer: add it to the kernel, a stage or a flow in this test")
 
 
+def in_records_floor(module: str) -> bool:
+    return module in RECORDS_FLOOR or module.startswith("niche.data.")
+
+
 def violation(source: str, target: str) -> str | None:
     (source_layer, source_part), (target_layer, target_part) = layer_of(source), layer_of(target)
     if target_layer == "cli" and source_layer != "cli":
         return "only the CLI imports the CLI"
     if source_layer == "kernel" and target_layer != "kernel":
         return f"the kernel imports only the kernel, not a {target_layer}"
+    if in_records_floor(source) and not in_records_floor(target):
+        return "the records floor (errors, io, config, data/, artifact) imports only itself, not the runtime kernel"
     if source_layer == "stage" and target_layer in ("stage", "flow") and target_part != source_part:
         return f"stages never import another stage or a flow ({source_part} -> {target_part})"
     return None
@@ -222,6 +235,17 @@ def test_serving_loads_none_of_the_training_or_tracking_stack() -> None:
     assert result.stdout.strip() == "[]", result.stdout
 
 
+def test_the_records_floor_loads_no_torch() -> None:
+    records = sorted(name for name in module_files() if in_records_floor(name))
+    assert "niche.artifact" in records and "niche.data.prepare" in records
+    probe = (
+        f"import sys\nfor name in {records!r}:\n    __import__(name)\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {NOT_IN_RECORDS!r}))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
+
+
 @pytest.mark.parametrize(
     ("source", "target", "expected"),
     [
@@ -231,7 +255,10 @@ def test_serving_loads_none_of_the_training_or_tracking_stack() -> None:
         ("niche.pipeline", "niche.cli.app", "only the CLI imports the CLI"),
         ("niche.pipeline", "niche.train", None),
         ("niche.serve.torch_engine", "niche.serve.base", None),
-        ("niche.data.prepare", "niche.specialist", None),
+        ("niche.data.prepare", "niche.specialist", "the records floor"),
+        ("niche.artifact", "niche.models", "the records floor"),
+        ("niche.artifact", "niche.data.prepare", None),
+        ("niche.specialist", "niche.artifact", None),
     ],
 )
 def test_the_layer_rules_catch_what_they_name(source: str, target: str, expected: str | None) -> None:

@@ -66,8 +66,8 @@ def test_student_keeps_the_chosen_layers_and_still_generates(tiny_base, tmp_path
 
 def test_logit_and_sequence_distillation_train_students_from_a_teacher(tiny_config, tmp_path) -> None:
     from conftest import ticket_rows, write_jsonl
+    from niche.artifact import read_manifest
     from niche.distill import distill_logits, distill_sequences
-    from niche.specialist import read_manifest
     from niche.train import train
 
     teacher = train(tiny_config("training.max_steps=20", "training.batch_size=8"), show_progress=False)
@@ -117,8 +117,8 @@ def labelling_teacher() -> tuple[FastAPI, dict]:
 
 def test_sequence_distillation_from_an_endpoint_teacher_validates_its_answers(tiny_config, tmp_path) -> None:
     from conftest import running, ticket_rows, write_jsonl
+    from niche.artifact import read_manifest
     from niche.distill import distill_sequences
-    from niche.specialist import read_manifest
 
     app, state = labelling_teacher()
     inputs = [{"text": row["text"]} for row in ticket_rows(30, 500)]

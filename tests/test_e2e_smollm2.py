@@ -6,10 +6,10 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from conftest import REPO
+from niche.artifact import read_manifest
 from niche.config import load_config
 from niche.data.formats import load_examples
 from niche.data.template import TemplateEncoder
-from niche.specialist import read_manifest
 from niche.train import sft
 
 

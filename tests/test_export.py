@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from conftest import REPO
+from niche.artifact import read_manifest
 from niche.config import load_config
 from niche.errors import ModelError
 from niche.export import (
@@ -27,7 +28,6 @@ from niche.export import (
     ollama_template,
     render_ollama_template,
 )
-from niche.specialist import read_manifest
 from niche.train import train
 
 

@@ -111,7 +111,7 @@ def test_relative_judge_scores_groups_caches_and_survives_malformed_replies(capl
 
 
 def test_a_few_grpo_steps_raise_the_mean_reward(tiny_config, tmp_path) -> None:
-    from niche.specialist import read_manifest
+    from niche.artifact import read_manifest
     from niche.train import train
 
     # A briefly trained SFT specialist: its samples mix right labels, wrong labels and junk.

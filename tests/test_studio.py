@@ -395,7 +395,7 @@ def test_the_catalog_reads_every_figure_from_the_artifacts(studio_dir, tmp_path)
     """What the cards and detail pages show, straight from the files: eval headline, confusion matrix (its cells
     add up to the evaluated rows), wrong rows with their inputs, exports, the ladder's or the training-time
     forgetting reading."""
-    from niche.specialist import read_manifest
+    from niche.artifact import read_manifest
     from niche.studio import catalog
 
     detail = catalog.detail(studio_dir, "toy")

@@ -1,8 +1,8 @@
 """The pitfalls of other tools, made impossible: eos is learned, the span is right, train and serve prompts match."""
 
+from niche.artifact import TemplateRecord
 from niche.data.examples import Example
 from niche.data.template import CHATML_TEMPLATE, IGNORE_INDEX, TemplateEncoder, build_template
-from niche.specialist import TemplateRecord
 
 EXAMPLE = Example(messages=({"role": "user", "content": "The site is down"},), response="outage", label="outage")
 

@@ -7,8 +7,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from conftest import LABELS, write_jsonl
+from niche.artifact import read_manifest
 from niche.errors import ConfigError, DataError
-from niche.specialist import read_manifest
 from niche.train import train
 
 

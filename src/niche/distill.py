@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from niche.artifact import is_specialist, read_manifest, require_generative
 from niche.config import NicheConfig, SynthSettings
 from niche.curate import curate
 from niche.data.examples import Example
@@ -35,14 +36,7 @@ from niche.eval.generation import answer_examples
 from niche.hardware import detect_hardware
 from niche.io import atomic_directory, write_jsonl_atomic
 from niche.models import load_model, load_tokenizer, resolve_base
-from niche.specialist import (
-    is_specialist,
-    load_label_head,
-    load_specialist,
-    read_manifest,
-    require_generative,
-    resolve_specialist_base,
-)
+from niche.specialist import load_label_head, load_specialist, resolve_specialist_base
 from niche.synth import Validator
 from niche.teachers import TeacherError, make_teacher
 from niche.train import train

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from niche.artifact import SpecialistManifest, load_test_examples, read_manifest, references_of
 from niche.data.template import TemplateEncoder
 from niche.errors import ConfigError, ModelError, NicheError, require_llama_cpp
 from niche.gguf import (
@@ -50,15 +51,7 @@ from niche.head import classify, cut_at_layer
 from niche.io import atomic_directory, write_json_atomic, write_text_atomic
 from niche.metrics import HEADLINE_METRIC, SCORERS
 from niche.models import load_model, load_tokenizer
-from niche.specialist import (
-    SpecialistManifest,
-    load_label_head,
-    load_specialist,
-    load_test_examples,
-    read_manifest,
-    references_of,
-    resolve_specialist_base,
-)
+from niche.specialist import load_label_head, load_specialist, resolve_specialist_base
 from niche.tagger import Tagger, tag_examples
 from niche.vllm_compat import vllm_command_for, vllm_problems
 

@@ -12,10 +12,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from niche.artifact import SpecialistManifest
 from niche.errors import ConfigError, ModelError
 from niche.io import sha256_of_file
 from niche.models import cache_root
-from niche.specialist import SpecialistManifest
 
 Quant = Literal["f16", "q8_0", "q4_k_m"]
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from niche import tracking
+from niche.artifact import is_specialist, read_manifest
 from niche.config import NicheConfig
 from niche.curate import curate, example_row
 from niche.data.formats import load_examples
@@ -36,7 +37,7 @@ from niche.hardware import detect_hardware
 from niche.io import atomic_directory, sha256_of_file, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from niche.models import load_model, load_tokenizer, prepare_for_inference
 from niche.probes import everyday_questions, multiple_choice_accuracy, relative_change
-from niche.specialist import is_specialist, load_specialist, read_manifest, resolve_specialist_base
+from niche.specialist import load_specialist, resolve_specialist_base
 from niche.synth import synthesize
 from niche.teachers import teacher_of
 from niche.tracking import tracked_run

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from niche.artifact import is_specialist
 from niche.config import SynthSettings
 from niche.errors import ConfigError, NicheError, require_extra
 from niche.hardware import detect_hardware
 from niche.models import load_model, load_tokenizer, prepare_for_inference, resolve_base
-from niche.specialist import is_specialist, load_specialist
+from niche.specialist import load_specialist
 
 
 class TeacherError(NicheError):

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from niche.artifact import SpecialistManifest
 from niche.errors import ModelError
-from niche.specialist import SpecialistManifest, resolve_specialist_base
+from niche.specialist import resolve_specialist_base
 
 # vLLM's --max-lora-rank accepts these values.
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)

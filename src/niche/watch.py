@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from niche.artifact import is_specialist
 from niche.config import NicheConfig, WatchSettings
 from niche.curate import example_row
 from niche.data.examples import Example
@@ -35,7 +36,6 @@ from niche.errors import ConfigError, require_extra
 from niche.eval import evaluate
 from niche.io import write_json_atomic, write_jsonl_atomic
 from niche.pipeline import PipelineResult, StageFailed, example_files, run_pipeline
-from niche.specialist import is_specialist
 
 log = logging.getLogger(__name__)
 

@@ -179,9 +179,10 @@ def distill(
         if inputs is None:
             raise ConfigError("--mode sequence: give --inputs, the unlabeled inputs the teacher answers")
         if layers is not None:
+            from niche.artifact import is_specialist, read_manifest
             from niche.distill import student_from_layers
             from niche.models import resolve_base
-            from niche.specialist import is_specialist, read_manifest, resolve_specialist_base
+            from niche.specialist import resolve_specialist_base
 
             local = is_specialist(Path(teacher))
             base = resolve_specialist_base(read_manifest(Path(teacher))) if local else resolve_base(config.base)

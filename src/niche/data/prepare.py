@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from niche.config import NicheConfig
 from niche.data.examples import Example
 from niche.data.formats import load_examples
@@ -21,7 +23,14 @@ from niche.data.schema import check_answers_match, check_copied_fields, infer_sc
 from niche.data.tasks import check_labels_known, detect_task_kind, label_of, label_set, single_label_problem
 from niche.errors import ConfigError, DataError
 from niche.io import sha256_of_file
-from niche.specialist import DataFingerprint
+
+
+class DataFingerprint(BaseModel):
+    """A data file a specialist was trained or validated on: its path, content hash and rows read."""
+
+    path: str
+    sha256: str
+    rows: int
 
 
 @dataclass

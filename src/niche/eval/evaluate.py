@@ -12,6 +12,7 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from niche.artifact import SpecialistManifest, load_test_examples, references_of
 from niche.config import EvalSettings
 from niche.data.examples import Example
 from niche.data.prepare import prepare_data
@@ -25,7 +26,7 @@ from niche.hardware import detect_hardware
 from niche.io import atomic_directory, sha256_of_file, write_json_atomic, write_text_atomic
 from niche.metrics import HEADLINE_METRIC, SCORERS, json_metrics
 from niche.models import load_model, load_tokenizer, prepare_for_inference, resolve_base
-from niche.specialist import SpecialistManifest, load_label_head, load_specialist, load_test_examples, references_of
+from niche.specialist import load_label_head, load_specialist
 from niche.tracking import log_to_run, tracked_run
 
 

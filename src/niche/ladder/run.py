@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from niche.artifact import is_specialist, load_test_examples, references_of
 from niche.config import NicheConfig
 from niche.data.examples import Example
 from niche.data.template import TemplateEncoder
@@ -32,7 +33,7 @@ from niche.ladder.results import RUNGS, LadderReport, Rung, recommend
 from niche.metrics import HEADLINE_METRIC
 from niche.probes import everyday_questions, probe, read_general_text, read_questions, relative_change
 from niche.rag import RagIndex, context_of, retrieval_metrics
-from niche.specialist import is_specialist, load_label_head, load_specialist, load_test_examples, references_of
+from niche.specialist import load_label_head, load_specialist
 from niche.tracking import log_to_run, tracked_run
 from niche.train import train
 

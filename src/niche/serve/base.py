@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from niche.artifact import MANIFEST_NAME, SpecialistManifest, discover_specialists, read_manifest
 from niche.data.examples import Example
 from niche.data.template import PromptTemplate, TemplateEncoder, build_template
 from niche.decoding import (
@@ -46,13 +47,7 @@ from niche.errors import ModelError, NicheError
 from niche.hardware import one_thread
 from niche.models import load_tokenizer
 from niche.serve.router import DomainRouter, training_inputs
-from niche.specialist import (
-    MANIFEST_NAME,
-    SpecialistManifest,
-    discover_specialists,
-    read_manifest,
-    resolve_specialist_base,
-)
+from niche.specialist import resolve_specialist_base
 from niche.tagger import tagger_input
 from niche.tracking import deployed_version
 

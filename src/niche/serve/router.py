@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from niche.artifact import SpecialistManifest
 from niche.data.formats import load_examples
 from niche.embed import load_embedder
 from niche.errors import ModelError
 from niche.hardware import one_thread
-from niche.specialist import SpecialistManifest
 
 log = logging.getLogger(__name__)
 

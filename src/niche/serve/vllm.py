@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 from typing import Any, NoReturn
 
+from niche.artifact import discover_specialists
 from niche.errors import ModelError
-from niche.specialist import discover_specialists
 from niche.vllm_compat import vllm_command_for
 
 

@@ -23,6 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from niche import tracking
+from niche.artifact import read_manifest
 from niche.data.check import check_data
 from niche.data.examples import Example
 from niche.errors import NicheError
@@ -30,7 +31,6 @@ from niche.serve.app import ServeSettings
 from niche.serve.base import BASE_MODEL_NAME
 from niche.serve.registry import ChampionPoller
 from niche.serve.router import training_inputs
-from niche.specialist import read_manifest
 from niche.studio import catalog, forms
 from niche.studio.jobs import Job, JobRunner, JobStore, log_tail
 

@@ -11,8 +11,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from niche.artifact import MANIFEST_NAME, SpecialistManifest, load_test_examples, read_manifest
 from niche.errors import NicheError
-from niche.specialist import MANIFEST_NAME, SpecialistManifest, load_test_examples, read_manifest
 from niche.tracking import REGISTRY_RECORD
 
 log = logging.getLogger("niche.studio")

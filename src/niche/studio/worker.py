@@ -17,10 +17,10 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from niche.artifact import read_manifest
 from niche.config import NicheConfig, load_config
 from niche.errors import NicheError
 from niche.eval.evaluate import evaluate, write_report
-from niche.specialist import read_manifest
 from niche.studio.catalog import REPORTS_DIR
 from niche.studio.jobs import JobStore
 from niche.train import train

@@ -11,13 +11,7 @@ from typing import Any
 
 import torch
 
-from niche.config import NicheConfig
-from niche.data.prepare import PreparedData
-from niche.data.template import TemplateEncoder
-from niche.hardware import Hardware
-from niche.head import HEAD_FILE, save_head
-from niche.models import ResolvedBase
-from niche.specialist import (
+from niche.artifact import (
     BaseModelRecord,
     HeadRecord,
     SpecialistManifest,
@@ -26,6 +20,12 @@ from niche.specialist import (
     library_versions,
     write_specialist,
 )
+from niche.config import NicheConfig
+from niche.data.prepare import PreparedData
+from niche.data.template import TemplateEncoder
+from niche.hardware import Hardware
+from niche.head import HEAD_FILE, save_head
+from niche.models import ResolvedBase
 from niche.tagger import TAGGER_FILE
 from niche.train.classify import HeadModel
 from niche.train.recipe import Recipe

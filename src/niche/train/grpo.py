@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from niche.artifact import read_manifest, require_generative
 from niche.config import NicheConfig
 from niche.data.examples import Example
 from niche.data.prepare import prepare_data
@@ -26,7 +27,7 @@ from niche.data.template import TemplateEncoder, specialist_template
 from niche.errors import ConfigError, require_extra
 from niche.hardware import detect_hardware
 from niche.models import load_model, load_tokenizer, resolve_base
-from niche.specialist import read_manifest, require_generative, resolve_specialist_base
+from niche.specialist import resolve_specialist_base
 from niche.tracking import tracked_run
 from niche.train.common import (
     TrainResult,
