@@ -28,6 +28,7 @@ KERNEL = {
     "niche.decoding",
     "niche.embed",
     "niche.errors",
+    "niche.families",
     "niche.gguf",
     "niche.hardware",
     "niche.head",
@@ -43,7 +44,15 @@ KERNEL = {
 }
 # The kernel's lower floor: it imports nothing above itself and loads no torch, so that the catalog, the router and
 # the CLI can read data and specialists without loading a model.
-RECORDS_FLOOR = {"niche", "niche.errors", "niche.io", "niche.config", "niche.data", "niche.artifact"}
+RECORDS_FLOOR = {
+    "niche",
+    "niche.errors",
+    "niche.io",
+    "niche.config",
+    "niche.data",
+    "niche.artifact",
+    "niche.families",
+}
 NOT_IN_RECORDS = ("torch", "transformers", "peft", "safetensors")
 STAGES = ("curate", "synth", "train", "eval", "rag", "export", "serve")
 FLOWS = ("ladder", "pipeline", "watch", "distill", "demo", "plan", "studio")

@@ -62,6 +62,7 @@ def test_data_check_reports_counts_lengths_and_every_problem(tmp_path: Path, smo
 def test_models_lists_the_default(smollm2_base) -> None:
     result = niche("models")
     assert result.returncode == 0 and "smollm2-135m" in result.stdout and "yes" in result.stdout
+    assert "Qwen/Qwen3-0.6B" in result.stdout and "QLoRA" in result.stdout and "Gemma Terms of Use" in result.stdout
 
 
 def test_train_then_eval_from_the_command_line(tmp_path: Path, tiny_base: Path, label_data) -> None:

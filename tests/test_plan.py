@@ -35,6 +35,43 @@ def test_presets_have_their_published_sizes() -> None:
     assert SHAPES["smollm2-135m"].parameters() == pytest.approx(134.5e6, rel=0.01)
 
 
+@pytest.mark.parametrize(
+    ("hub_id", "published"),
+    [
+        ("HuggingFaceTB/SmolLM2-135M-Instruct", 134.5e6),
+        ("Qwen/Qwen2.5-0.5B-Instruct", 0.494e9),
+        ("Qwen/Qwen2.5-7B-Instruct", 7.62e9),
+        ("Qwen/Qwen3-8B", 8.19e9),
+        ("meta-llama/Llama-3.2-1B-Instruct", 1.24e9),
+        ("meta-llama/Llama-3.1-8B-Instruct", 8.03e9),
+        ("google/gemma-2-2b-it", 2.61e9),
+        ("google/gemma-2-9b-it", 9.24e9),
+        ("microsoft/Phi-3.5-mini-instruct", 3.82e9),
+        ("mistralai/Mistral-7B-Instruct-v0.3", 7.25e9),
+    ],
+)
+def test_the_listed_checkpoints_have_their_published_sizes(hub_id: str, published: float) -> None:
+    """The catalog's dimensions are right when the size they give is the size the model card states."""
+    from niche.families import CHECKPOINTS, FAMILIES
+
+    checkpoint = next(checkpoint for checkpoint in CHECKPOINTS if checkpoint.hub_id == hub_id)
+    assert checkpoint.family in FAMILIES
+    assert checkpoint.shape.parameters() == pytest.approx(published, rel=0.01)
+
+
+def test_every_listed_checkpoint_has_a_plan_for_lora_and_qlora_on_cpu_and_gpus() -> None:
+    from niche.families import CHECKPOINTS
+    from niche.plan import CATALOG_PLANS, catalog_plans
+
+    rows = catalog_plans()
+    assert [row.checkpoint for row in rows] == CHECKPOINTS
+    for row in rows:
+        plans = list(row.plans.values())
+        assert len(plans) == len(CATALOG_PLANS) and all(plan.peak_gib > 0 for plan in plans)
+        lora_gpu, qlora_gpu = row.plans["LoRA, RTX 4090"], row.plans["QLoRA, RTX 4090"]
+        assert qlora_gpu.weights_gib < lora_gpu.weights_gib
+
+
 def test_estimates_stay_within_20_percent_of_every_calibration_point() -> None:
     errors = calibration_errors()
     assert len(errors) == len(CALIBRATION)

@@ -104,6 +104,11 @@ class PromptConfig(_Strict):
         None, description="System message for every example. For label tasks '{labels}' is replaced by the label list."
     )
     chat_template: str | None = Field(None, description="Jinja chat template; the base model's own when absent.")
+    thinking: bool = Field(
+        False,
+        description="For templates with a thinking mode (Qwen3, SmolLM3): leave it on. Off by default, so that "
+        "answers carry no thinking tags the training rows never had.",
+    )
 
 
 class LoraSettings(_Strict):

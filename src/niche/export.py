@@ -35,6 +35,7 @@ import torch
 from niche.artifact import SpecialistManifest, load_test_examples, read_manifest, references_of
 from niche.data.template import TemplateEncoder
 from niche.errors import ConfigError, ModelError, NicheError, require_llama_cpp
+from niche.families import family_of
 from niche.gguf import (
     QUANT_FTYPES,
     LlamaCppRunner,
@@ -188,6 +189,11 @@ def first_difference(produced: list[int], expected: list[int]) -> int:
     )
 
 
+def family_named(manifest: SpecialistManifest) -> str:
+    """The specialist, its base's family and model type, for errors a family can cause (converters, kernels)."""
+    return f"{manifest.name!r} ({family_of(manifest.base.model_type)}, model_type {manifest.base.model_type})"
+
+
 def judge_parity(parity: Parity, full_precision: bool, max_logit_diff: float, max_metric_drop: float) -> str | None:
     """Raise for a full-precision export that answers differently; return a warning for a quantized one."""
     if full_precision:
@@ -282,11 +288,17 @@ def export_specialist(
             )
         del merged
         if target in ("gguf", "ollama"):
-            _export_gguf(specialist_dir, manifest, staging, merged_dir, quant, inputs, tokenizer, result)
+            try:
+                _export_gguf(specialist_dir, manifest, staging, merged_dir, quant, inputs, tokenizer, result)
+            except ModelError as error:
+                raise ModelError(f"{family_named(manifest)}: {target} export failed in llama.cpp: {error}") from error
             shutil.rmtree(merged_dir)
         for parity in result.parity:
             full_precision = parity.variant.startswith(("merged", "f16", "base f16"))
-            warning = judge_parity(parity, full_precision, max_logit_diff, max_metric_drop)
+            try:
+                warning = judge_parity(parity, full_precision, max_logit_diff, max_metric_drop)
+            except ParityError as error:
+                raise ParityError(f"{family_named(manifest)}: {target} export refused: {error}") from error
             if warning:
                 log.warning(warning)
                 result.warnings.append(warning)

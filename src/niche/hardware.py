@@ -46,7 +46,8 @@ def cpu_has_native_bf16() -> bool:
 def detect_hardware() -> Hardware:
     """bf16 where the hardware computes it natively (most CUDA GPUs, CPUs with AVX512-BF16 or AMX), else fp32.
 
-    NICHE_DTYPE=float32|bfloat16 overrides the choice.
+    NICHE_DTYPE=float32|bfloat16|float16 overrides the choice (float16 on a CUDA GPU only: on CPU it has no
+    fast kernels and no loss scaling).
     """
     override = os.environ.get("NICHE_DTYPE")
     if torch.cuda.is_available():
@@ -58,9 +59,11 @@ def detect_hardware() -> Hardware:
         dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
         device, description = "cpu", f"cpu ({torch.get_num_threads()} threads)"
     if override:
-        choices = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+        choices = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
         if override not in choices:
             raise ConfigError(f"NICHE_DTYPE={override!r}: expected one of {', '.join(choices)}")
+        if override == "float16" and device != "cuda":
+            raise ConfigError("NICHE_DTYPE=float16 needs a CUDA GPU; on CPU use bfloat16 or float32")
         dtype = choices[override]
     return Hardware(device, dtype, f"{description}, {str(dtype).removeprefix('torch.')}")
 

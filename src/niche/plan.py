@@ -16,43 +16,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from niche.families import CHECKPOINTS, Checkpoint, Shape
 from niche.hardware import cpu_has_native_bf16
 from niche.models import resolve_base
 
 Method = Literal["full", "lora", "qlora"]
 GIB = 2**30
-
-
-@dataclass(frozen=True)
-class Shape:
-    """What memory and compute depend on: a decoder-only transformer's dimensions."""
-
-    hidden: int
-    layers: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-    vocab: int
-    tied_embeddings: bool = False
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
-
-    def linear_parameters_per_layer(self) -> int:
-        attention = self.hidden * self.hidden * 2 + self.hidden * self.kv_heads * self.head_dim * 2
-        return attention + 3 * self.hidden * self.intermediate
-
-    def parameters(self) -> int:
-        embeddings = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
-        return self.layers * (self.linear_parameters_per_layer() + 2 * self.hidden) + embeddings + self.hidden
-
-    def lora_parameters(self, rank: int) -> int:
-        """LoRA on every linear layer: rank · (fan_in + fan_out) per layer."""
-        kv = self.kv_heads * self.head_dim
-        pairs = [(self.hidden, self.hidden), (self.hidden, kv), (self.hidden, kv), (self.hidden, self.hidden)]
-        pairs += [(self.hidden, self.intermediate)] * 2 + [(self.intermediate, self.hidden)]
-        return self.layers * sum(rank * (fan_in + fan_out) for fan_in, fan_out in pairs)
 
 
 SHAPES: dict[str, Shape] = {
@@ -266,6 +235,7 @@ def shape_from_config(config: dict) -> Shape:
         kv_heads=config.get("num_key_value_heads") or heads,
         vocab=config["vocab_size"],
         tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+        explicit_head_dim=config.get("head_dim"),
     )
 
 
@@ -277,3 +247,32 @@ def resolve_shape(model: str) -> Shape:
         return SHAPES[model]
 
     return shape_from_config(json.loads((resolve_base(model).directory / "config.json").read_text()))
+
+
+# The memory plans `niche models` shows for every listed checkpoint: rows of 512 tokens, batch 8, LoRA r16.
+CATALOG_PLANS: list[tuple[str, Method, str]] = [
+    ("LoRA, CPU 24 GiB", "lora", "cpu"),
+    ("LoRA, RTX 4090", "lora", "rtx4090"),
+    ("QLoRA, RTX 4090", "qlora", "rtx4090"),
+    ("LoRA, H100", "lora", "h100"),
+]
+
+
+@dataclass(frozen=True)
+class CatalogRow:
+    checkpoint: Checkpoint
+    parameters: int
+    plans: dict[str, Plan]  # by CATALOG_PLANS label
+
+
+def catalog_plans(seq_len: int = 512, batch_size: int = 8) -> list[CatalogRow]:
+    """Every listed checkpoint with its size and its peak training memory on a CPU and common GPUs."""
+    rows = []
+    for checkpoint in CHECKPOINTS:
+        shape = checkpoint.shape
+        plans = {
+            label: estimate(PlanRequest(checkpoint.hub_id, method, seq_len, batch_size, device), shape)
+            for label, method, device in CATALOG_PLANS
+        }
+        rows.append(CatalogRow(checkpoint, shape.parameters(), plans))
+    return rows

@@ -83,14 +83,35 @@ def models(
         Path | None, typer.Option(help="Converted-checkpoint cache (default $NICHE_CACHE_DIR or ~/.cache/niche).")
     ] = None,
 ) -> None:
-    """List the base-model catalog and what is cached, with sizes."""
+    """List the base-model catalog and what is cached, with sizes; then the model families' public checkpoints
+    with their peak training memory (`niche plan`'s estimate)."""
     from niche.models import list_models
+    from niche.plan import CATALOG_PLANS, catalog_plans
 
     table = Table("name", "cached", "size", "description")
     for listing in list_models(cache_dir):
         size = f"{listing.size_bytes / 2**20:.0f} MiB" if listing.size_bytes else "-"
         table.add_row(listing.name, "yes" if listing.cached else "no", size, listing.description)
     console.print(table)
+    families = Table(
+        "hub id",
+        "family",
+        "parameters",
+        "licence",
+        "context",
+        *(label for label, _, _ in CATALOG_PLANS),
+        title="Model families (peak GiB to train: rows of 512 tokens, batch 8, LoRA r16; * does not fit)",
+    )
+    for row in catalog_plans():
+        families.add_row(
+            row.checkpoint.hub_id,
+            row.checkpoint.family,
+            f"{row.parameters / 1e9:.2f}B",
+            row.checkpoint.licence,
+            f"{row.checkpoint.context_length:,}",
+            *(f"{plan.peak_gib:.1f}{'' if plan.fits else '*'}" for plan in row.plans.values()),
+        )
+    console.print(families)
     console.print(
         "Also accepted as a base: a local Hugging Face model directory, a .gguf file, or a hub id (needs network)."
     )

@@ -129,6 +129,65 @@ EMPTY_SYSTEM_TURN = (
 )
 
 
+# Prepended to a template that refuses a system turn (Gemma 2, early Mistral): the system prompt goes before the
+# first user message, as the families without a system role document it (Gemma 3's own template does the same).
+FOLD_SYSTEM_TURN = (
+    "{%- if messages and messages[0]['role'] == 'system' %}"
+    "{%- set folded = messages[0]['content'] %}"
+    "{%- if messages|length > 1 and messages[1]['role'] == 'user' %}"
+    "{%- set folded = (folded + '\\n\\n' if folded else '') + messages[1]['content'] %}"
+    "{%- set messages = [{'role': 'user', 'content': folded}] + messages[2:] %}"
+    "{%- else %}{%- set messages = [{'role': 'user', 'content': folded}] + messages[1:] %}{%- endif %}"
+    "{%- endif %}"
+)
+# Templates that write today's date (Llama 3.x's "Today Date", SmolLM3's metadata block) would render a different
+# prompt on the day a specialist serves than on the day it trained; the date is fixed instead, for every consumer
+# of the stored template (the saved tokenizer, GGUF metadata, Ollama, vLLM).
+PINNED_DATE = (
+    "{%- set date_string = '26 Jul 2024' %}"
+    "{%- macro strftime_now(format) -%}"
+    "{{ format|replace('%d', '26')|replace('%b', 'Jul')|replace('%B', 'July')|replace('%Y', '2024')"
+    "|replace('%y', '24')|replace('%m', '07')|replace('%A', 'Friday')|replace('%a', 'Fri') }}"
+    "{%- endmacro %}"
+)
+DATE_NAMES = ("strftime_now", "date_string")
+
+
+def thinking_mode(thinking: bool) -> str:
+    """Fixes a thinking template's mode (Qwen3, SmolLM3: `enable_thinking`), whatever a caller passes: off unless
+    asked, so that answers carry no thinking tags the training rows never had."""
+    return "{%- set enable_thinking = " + ("true" if thinking else "false") + " %}"
+
+
+def pin_template(tokenizer: Any, chat_template: str, thinking: bool = False) -> str:
+    """The chat template with what varies between renders fixed (the date, the thinking mode) and a system turn
+    folded into the first user message where the template has no system role. Baked into the template, so that
+    every consumer renders what training saw."""
+    template = chat_template
+    if "enable_thinking" in template:
+        template = thinking_mode(thinking) + template
+    if any(name in template for name in DATE_NAMES):
+        template = PINNED_DATE + template
+    if not has_system_role(tokenizer, template):
+        template = FOLD_SYSTEM_TURN + template
+    return template
+
+
+def has_system_role(tokenizer: Any, chat_template: str) -> bool:
+    """Whether the template writes a system turn's text (it neither refuses it nor drops it)."""
+    marker = "niche-system-probe"
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "system", "content": marker}, {"role": "user", "content": "x"}],
+            chat_template=chat_template,
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+    except TemplateError:
+        return False
+    return marker in text
+
+
 def default_chat_template(tokenizer: Any) -> str:
     return tokenizer.chat_template if isinstance(getattr(tokenizer, "chat_template", None), str) else CHATML_TEMPLATE
 
@@ -139,12 +198,13 @@ def build_template(
     chat_template: str | None,
     labels: list[str] | None,
     drop_default_system_prompt: bool = False,
+    thinking: bool = False,
 ) -> PromptTemplate:
-    """Freeze the template for a specialist: '{labels}' in the system prompt becomes the label list. With
-    `drop_default_system_prompt` and no system prompt, a template that writes a built-in system prompt of its own
-    when none is given (SmolLM2's "You are a helpful AI assistant named SmolLM...", 16 tokens on every row) gets
-    an empty system turn instead."""
-    template = chat_template or default_chat_template(tokenizer)
+    """Freeze the template for a specialist: '{labels}' in the system prompt becomes the label list, and the
+    template is pinned (`pin_template`: date, thinking mode, system turn). With `drop_default_system_prompt` and
+    no system prompt, a template that writes a built-in system prompt of its own when none is given (SmolLM2's
+    "You are a helpful AI assistant named SmolLM...", 16 tokens on every row) gets an empty system turn instead."""
+    template = pin_template(tokenizer, chat_template or default_chat_template(tokenizer), thinking)
     if system_prompt is None and drop_default_system_prompt and writes_default_system_prompt(tokenizer, template):
         # Baked into the template rather than added by niche, so that every consumer of the stored template
         # (the saved tokenizer, GGUF metadata, Ollama's Modelfile, vLLM) renders what training saw.
@@ -156,7 +216,12 @@ def specialist_template(tokenizer: Any, prompt: PromptConfig, labels: list[str] 
     """The template a generative specialist is trained and served with: the configured prompt and chat template,
     and no built-in default system prompt paid on every row when none is configured."""
     return build_template(
-        tokenizer, prompt.system_prompt, prompt.chat_template, labels, drop_default_system_prompt=True
+        tokenizer,
+        prompt.system_prompt,
+        prompt.chat_template,
+        labels,
+        drop_default_system_prompt=True,
+        thinking=prompt.thinking,
     )
 
 

@@ -24,16 +24,20 @@ def gqa_decode_attention(
     attention_mask: torch.Tensor | None,
     scaling: float,
     dropout: float = 0.0,
+    softcap: float | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """query [rows, heads, 1, dim], key and value [rows, kv_heads, length, dim], attention_mask additive
-    [rows, 1, 1, length]; returns [rows, 1, heads, dim] as transformers' attention functions do."""
+    [rows, 1, 1, length]; returns [rows, 1, heads, dim] as transformers' attention functions do. `softcap`
+    (Gemma 2) bounds the scores as the model's own attention does."""
     rows, heads, query_length, dim = query.shape
     if query_length != 1:
         raise ValueError(f"{NAME} serves decode steps of one token; got {query_length} query tokens")
     kv_heads = key.shape[1]
     grouped = query.reshape(rows, kv_heads, heads // kv_heads, dim)  # heads of one KV head are consecutive
     scores = torch.matmul(grouped, key.transpose(2, 3)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None:
         scores = scores + attention_mask
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)

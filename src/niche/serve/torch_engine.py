@@ -249,7 +249,9 @@ class TorchEngine(EngineCore):
         started = time.perf_counter()
         inputs |= {"use_cache": True, "logits_to_keep": 1}
         attention = self.model_config._attn_implementation
-        if phase == "decode" and self.decode_attention:
+        # Only a cache of full-attention layers is what the decode attention reads: a sliding-window layer keeps
+        # the window's keys alone and needs the model's own windowed mask.
+        if phase == "decode" and self.decode_attention and is_plain(inputs["past_key_values"]):
             self.model_config._attn_implementation = self.decode_attention
             inputs["attention_mask"] = decode_attention.additive_mask(inputs["attention_mask"], self.model.dtype)
         try:
@@ -430,7 +432,8 @@ class TorchEngine(EngineCore):
             if mine != theirs:
                 break
             shared += 1
-        if shared < MIN_CACHED_PREFIX:
+        # A sliding-window layer keeps only the window's keys, not the prefix's: such models reuse no prefix.
+        if shared < MIN_CACHED_PREFIX or not is_plain(cache):
             return
         end = start + shared
         self.prefixes[generation.adapter] = PrefixCache(
@@ -529,8 +532,10 @@ class TorchEngine(EngineCore):
             assert self.attention_mask is not None
             index = torch.tensor(keep, device=self.device)
             mask = self.attention_mask[index]
-            # Columns only the departed rows attended to are cut, so the cache tracks the live rows' length.
-            first = int(mask.any(0).nonzero()[0])
+            # Columns only the departed rows attended to are cut, so the cache tracks the live rows' length; not
+            # from a cache with sliding-window layers, which hold the window's last positions and place their
+            # mask by absolute position.
+            first = int(mask.any(0).nonzero()[0]) if is_plain(self.cache) else 0
             for layer in self.cache.layers:
                 layer.keys = layer.keys[index, :, first:]
                 layer.values = layer.values[index, :, first:]
