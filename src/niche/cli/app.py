@@ -85,6 +85,7 @@ def models(
 ) -> None:
     """List the base-model catalog and what is cached, with sizes; then the model families' public checkpoints
     with their peak training memory (`niche plan`'s estimate)."""
+    from niche.families import CHECKPOINTS
     from niche.models import list_models
     from niche.plan import CATALOG_PLANS, catalog_plans
 
@@ -93,15 +94,11 @@ def models(
         size = f"{listing.size_bytes / 2**20:.0f} MiB" if listing.size_bytes else "-"
         table.add_row(listing.name, "yes" if listing.cached else "no", size, listing.description)
     console.print(table)
-    families = Table(
-        "hub id",
-        "family",
-        "parameters",
-        "licence",
-        "context",
-        *(label for label, _, _ in CATALOG_PLANS),
-        title="Model families (peak GiB to train: rows of 512 tokens, batch 8, LoRA r16; * does not fit)",
-    )
+    families = Table(title="Model families (peak GiB to train: rows of 512 tokens, batch 8, LoRA r16; * does not fit)")
+    # The hub id is what a user copies into `base:`: kept whole however narrow the terminal; the rest may wrap.
+    families.add_column("hub id", no_wrap=True, min_width=max(len(checkpoint.hub_id) for checkpoint in CHECKPOINTS))
+    for heading in ("family", "parameters", "licence", "context", *(label for label, _, _ in CATALOG_PLANS)):
+        families.add_column(heading, no_wrap=heading == "licence")
     for row in catalog_plans():
         families.add_row(
             row.checkpoint.hub_id,
@@ -111,7 +108,8 @@ def models(
             f"{row.checkpoint.context_length:,}",
             *(f"{plan.peak_gib:.1f}{'' if plan.fits else '*'}" for plan in row.plans.values()),
         )
-    console.print(families)
+    # Nine columns need about 160 characters; a pipe or a narrow terminal gets them whole rather than cut.
+    Console(width=max(console.width, 160)).print(families)
     console.print(
         "Also accepted as a base: a local Hugging Face model directory, a .gguf file, or a hub id (needs network)."
     )
