@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from conftest import LABELS, ticket_rows, write_jsonl
 from families import FAMILIES, build_family
@@ -78,7 +79,7 @@ def full_precision(monkeypatch):
 
 def test_the_prompt_is_rendered_by_the_familys_own_template(family) -> None:
     spec = family["spec"]
-    tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(family["base"])
+    tokenizer = AutoTokenizer.from_pretrained(family["base"])
     template = read_manifest(family["router"]).template.to_template()
     example = Example(messages=({"role": "user", "content": "ticket 1: site down"},), response="outage")
     prompt = template.render_prompt(tokenizer, example)
@@ -96,8 +97,14 @@ def test_the_prompt_is_rendered_by_the_familys_own_template(family) -> None:
     ids = encoder.training_example(example)
     supervised = [token for token, label in zip(ids.input_ids, ids.labels, strict=True) if label != -100]
     assert supervised[-1] in encoder.stop_ids, "the end of the answer is learned"
-    # The base served as `base` renders with the same pinned template rules.
-    assert build_template(tokenizer, None, None, None).chat_template.count("niche") == 0
+    # The bare base, served as `base`, is pinned the same way; thinking stays on only when asked for.
+    base_prompt = build_template(tokenizer, None, None, None).render_prompt(tokenizer, example)
+    if spec.thinks:
+        assert base_prompt.rstrip().endswith("</think>")
+        thinking = build_template(tokenizer, None, None, None, thinking=True).render_prompt(tokenizer, example)
+        assert not thinking.rstrip().endswith("</think>")
+    if spec.writes_date:
+        assert "26 Jul" in base_prompt
 
 
 def test_the_label_head_and_generative_specialists_evaluate(family) -> None:

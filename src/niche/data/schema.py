@@ -123,10 +123,14 @@ def _mark_copied(schema: dict[str, Any], values: list[Any], inputs: list[str], r
     found = sum(1 for value, text in pairs if next(occurrences(text, value), None) is not None)
     if found < COPY_MIN_SHARE * len(pairs):
         return
+    # A copied value is a run of its input's words (and a tagger tags each word once), so the input bounds it:
+    # a length or count learned from training would only reject a longer span the input holds (SLURP: a date of
+    # 36 characters against a bound of 32 made a right answer schema-invalid).
+    schema.pop("maxItems", None)
     for target in (schema, schema.get("items")):
         if target is not None and "string" in _kinds_of(target):
-            if target.pop("enum", None) is not None:
-                target |= _string_bound([value for value, _ in pairs])
+            target.pop("enum", None)
+            target.pop("maxLength", None)
             target[COPY_KEYWORD] = True
 
 
