@@ -251,7 +251,9 @@ class TorchEngine(EngineCore):
         attention = self.model_config._attn_implementation
         # Only a cache of full-attention layers is what the decode attention reads: a sliding-window layer keeps
         # the window's keys alone and needs the model's own windowed mask.
-        if phase == "decode" and self.decode_attention and is_plain(inputs["past_key_values"]):
+        cache = inputs.get("past_key_values")
+        full_attention = isinstance(cache, BatchKVCache) or (cache is not None and is_plain(cache))
+        if phase == "decode" and self.decode_attention and full_attention:
             self.model_config._attn_implementation = self.decode_attention
             inputs["attention_mask"] = decode_attention.additive_mask(inputs["attention_mask"], self.model.dtype)
         try:
