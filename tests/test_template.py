@@ -62,5 +62,6 @@ def test_template_without_special_end_of_turn_gets_eos_appended(tokenizer) -> No
 def test_tokenizer_without_a_chat_template_falls_back_to_chatml(tokenizer) -> None:
     class NoTemplate:
         chat_template = None
+        apply_chat_template = tokenizer.apply_chat_template  # renders the template it is given
 
     assert build_template(NoTemplate(), None, None, None).chat_template == CHATML_TEMPLATE
