@@ -77,16 +77,18 @@ browser:
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
-# Speed against the competitors, on this machine; results in bench/results/.
+# Every benchmark, speed and quality, through bench/harness.py (commit, clean tree, >= 3 interleaved repetitions,
+# checked answers); results in bench/results/, then the README tables regenerated from them. Hours on 2 cores.
+# `make bench QUICK=1` is the smoke run: tiny sizes, one repetition, written under build/bench-quick/.
+BENCH_FLAGS := $(if $(QUICK),--quick,)
+BENCHMARKS := train_speed serve_load soak curate_speed edge_speed grpo_gain distill quality extraction recipe_search
 bench: install llama-cpp
 	$(BIN)/pip install -q -e ".[bench]"
-	$(BIN)/python bench/train_speed.py
-	$(BIN)/python bench/serve_load.py
-	$(BIN)/python bench/soak.py
-	$(BIN)/python bench/curate_speed.py
-	$(BIN)/python bench/edge_speed.py
-	$(BIN)/python bench/grpo_gain.py
-	$(BIN)/python bench/distill.py
+	set -e; for benchmark in $(BENCHMARKS); do \
+	  echo "== bench/$$benchmark.py $(BENCH_FLAGS)"; \
+	  TOKENIZERS_PARALLELISM=false $(BIN)/python bench/$$benchmark.py $(BENCH_FLAGS); \
+	done
+	$(if $(QUICK),,$(BIN)/python bench/tables.py)
 
 lint: install
 	$(BIN)/ruff check src tests examples bench

@@ -1,28 +1,21 @@
-"""Which code wrote a results file: the commit, whether the tree had uncommitted changes, and when."""
+"""What older results files record about their code and machine, now taken from bench/harness.py.
+
+Scripts written through `harness.Report` get the full provenance (and a dirty tree refused) from it; this module
+keeps the short `code` and `machine` records for the scripts that still write them (bench/gpu_check.py).
+"""
 
 from __future__ import annotations
 
-import datetime
-import subprocess
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
+from harness import provenance
 
 
 def code_provenance() -> dict:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=REPO, capture_output=True, text=True, check=True, timeout=10
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
+    """The commit, whether the tree had uncommitted changes (bench/results/ excepted), and when."""
+    record = provenance(allow_dirty=True)
     return {
-        "commit": git("rev-parse", "--short", "HEAD") or "unknown (not a git checkout)",
-        # The results files themselves are left out: a benchmark rewrites them as it runs.
-        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")),
-        "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "commit": record["commit"],
+        "uncommitted_changes": bool(record["uncommitted_changes"]),
+        "written": record["started"],
     }
 
 

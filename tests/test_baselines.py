@@ -1,11 +1,12 @@
 import json
+import math
 
 import pytest
 
 from conftest import LABELS, ticket_rows, write_jsonl
 from niche.data.examples import Example
 from niche.errors import ConfigError
-from niche.eval.baselines import C_GRID, run_baselines
+from niche.eval.baselines import C_GRID, run_baselines, search_log_grid, searches_at_edge
 
 
 def examples(rows: list[dict]) -> list[Example]:
@@ -28,7 +29,12 @@ def test_both_baselines_learn_the_toy_task_and_give_the_same_answers_twice() -> 
     for one, two in zip(first, second):
         assert one.metrics["accuracy"] == 1.0 and one.predictions == two.predictions
         assert one.fit_seconds > 0 and one.examples_per_s > 0 and one.latency_p50_ms > 0
-        assert one.settings["C"] in C_GRID and set(one.settings["validation_accuracy"]) == {str(c) for c in C_GRID}
+        # Every C scores 1.0 on the toy validation rows: the smallest C is kept, so the search goes down to its
+        # limit and says the choice is at the edge.
+        searched = one.settings["validation_accuracy"]
+        assert {f"{c:g}" for c in C_GRID} < set(searched) and set(searched.values()) == {1.0}
+        assert one.settings["C"] == pytest.approx(1e-5) and one.settings["C_interior"] is False
+        assert searches_at_edge(one.settings) == ["C"]
         assert one.cost_per_thousand_requests(0.10) == pytest.approx(0.10 / 3600 / one.examples_per_s * 1000)
 
 
@@ -43,8 +49,8 @@ def test_the_regularisation_is_chosen_on_validation_rows_not_test_rows() -> None
     scrambled = [shifted(label) for label in references]
     (score,) = run_baselines(train, validation, test, scrambled, LABELS, names=["tfidf+logreg"], latency_requests=1)
     assert score.metrics["accuracy"] == 0.0 and set(score.settings["validation_accuracy"].values()) == {1.0}
-    # Validation labels wrong, test labels right: every C scores 0 on validation (a tie: the smallest C is kept),
-    # and the test rows are still scored against their own labels.
+    # Validation labels wrong, test labels right: every C scores 0 on validation (a tie: the smallest C tried is
+    # kept), and the test rows are still scored against their own labels.
     wrong_validation = [
         Example(messages=example.messages, response=shifted(example.label), label=shifted(example.label))
         for example in validation
@@ -52,8 +58,62 @@ def test_the_regularisation_is_chosen_on_validation_rows_not_test_rows() -> None
     (score,) = run_baselines(
         train, wrong_validation, test, references, LABELS, names=["tfidf+logreg"], latency_requests=1
     )
-    assert set(score.settings["validation_accuracy"].values()) == {0.0} and score.settings["C"] == C_GRID[0]
+    assert set(score.settings["validation_accuracy"].values()) == {0.0}
+    assert score.settings["C"] == min(float(c) for c in score.settings["validation_accuracy"])
     assert score.metrics["accuracy"] == 1.0
+
+
+def peaked_at(best: float):
+    """A validation score that peaks at `best` and falls off by decade on either side, counting the fits."""
+    fitted: list[float] = []
+
+    def fit(value: float) -> tuple[float, str]:
+        fitted.append(value)
+        return -abs(math.log10(value) - math.log10(best)), f"model at {value:g}"
+
+    return fit, fitted
+
+
+def test_the_grid_is_log_spaced_from_1e_2_to_1e4() -> None:
+    assert pytest.approx([1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4]) == C_GRID
+
+
+def test_an_optimum_beyond_the_old_grid_is_found_interior() -> None:
+    # The old grid {1, 10, 100} would have chosen 100, its edge, for a baseline best at 1000.
+    fit, _ = peaked_at(1e3)
+    model, search = search_log_grid(fit, range(0, 3), extra_decades=3)
+    assert search.chosen == pytest.approx(1e3) and search.interior and model == "model at 1000"
+    assert list(search.scores) == ["1", "10", "100", "1000", "10000"]
+    # The grid in use brackets it without growing.
+    fit, fitted = peaked_at(1e3)
+    _, search = search_log_grid(fit, range(-2, 5), extra_decades=3)
+    assert search.chosen == pytest.approx(1e3) and search.interior and len(fitted) == 7
+
+
+def test_the_search_grows_past_either_end_until_the_choice_is_interior() -> None:
+    fit, _ = peaked_at(1e6)
+    _, search = search_log_grid(fit, range(-2, 5), extra_decades=3)
+    assert search.chosen == pytest.approx(1e6) and search.interior and list(search.scores)[-1] == "1e+07"
+    fit, _ = peaked_at(1e-4)
+    _, search = search_log_grid(fit, range(-2, 5), extra_decades=3)
+    assert search.chosen == pytest.approx(1e-4) and search.interior and list(search.scores)[0] == "1e-05"
+
+
+def test_a_search_stopped_at_its_limit_says_its_choice_is_at_the_edge() -> None:
+    fit, fitted = peaked_at(1e9)
+    _, search = search_log_grid(fit, range(-2, 5), extra_decades=3)
+    assert search.chosen == pytest.approx(1e7) and not search.interior and len(fitted) == 10
+    # Ties go to the stronger regularisation: the smaller C, or the larger penalty.
+    _, search = search_log_grid(lambda value: (1.0, None), range(-2, 5), extra_decades=1)
+    assert search.chosen == pytest.approx(1e-3) and not search.interior
+    _, search = search_log_grid(lambda value: (1.0, None), range(-2, 5), extra_decades=1, ties_to_larger=True)
+    assert search.chosen == pytest.approx(1e5) and not search.interior
+
+
+def test_searches_at_the_edge_are_named_wherever_they_sit_in_the_settings() -> None:
+    settings = {"C": 1.0, "C_interior": True, "crf": {"c1_interior": True, "c2_interior": False}}
+    settings["choices"] = {"intent": {"C_interior": False}}
+    assert searches_at_edge(settings) == ["crf.c2", "choices.intent.C"]
 
 
 def test_eval_with_baselines_fits_them_on_the_specialists_own_training_rows(tiny_config, label_data) -> None:
@@ -110,7 +170,7 @@ def extraction_examples(rows: list[dict]) -> list[Example]:
 def test_the_crf_baseline_learns_the_toy_extraction_and_gives_the_same_answers_twice() -> None:
     from conftest import extraction_rows
     from niche.data.schema import infer_schema
-    from niche.eval.crf import CRF_GRID, run_crf_baseline
+    from niche.eval.crf import CRF_DECADES, run_crf_baseline
 
     train, validation = extraction_examples(extraction_rows(36)), extraction_examples(extraction_rows(9, offset=40))
     test = extraction_examples(extraction_rows(12, offset=60))
@@ -119,7 +179,14 @@ def test_the_crf_baseline_learns_the_toy_extraction_and_gives_the_same_answers_t
     first = run_crf_baseline(train, validation, test, references, schema, latency_requests=2)
     second = run_crf_baseline(train, validation, test, references, schema, latency_requests=2)
     assert first.name == "crf+logreg" and first.predictions == second.predictions
-    assert first.settings == second.settings and len(first.settings["crf"]["validation_span_f1"]) == len(CRF_GRID)
+    assert first.settings == second.settings
+    # c2 over its grid, then c1 at the chosen c2 (the pair both sweeps share fitted once); both interior here.
+    crf = first.settings["crf"]
+    assert (
+        len(crf["validation_span_f1"]) >= 2 * len(CRF_DECADES) - 1
+        and f"c1={crf['c1']:g},c2={crf['c2']:g}" in crf["validation_span_f1"]
+    )
+    assert crf["c1_interior"] and crf["c2_interior"]
     assert first.metrics["field_f1"] == 1.0 and first.metrics["schema_valid"] == 1.0
     assert first.settings["copied_fields"] == ["slots.food", "slots.city", "slots.time"]
     assert first.settings["choice_fields"] == ["intent"] and first.settings["out_of_reach"] == {}

@@ -5,9 +5,13 @@
 - `embeddings+logreg`: all-MiniLM-L6-v2 sentence embeddings (the packaged model, offline) and a logistic
   regression.
 
-Each gets its best configuration within a small search a careful user would run: the regularisation strength C
-is chosen on the specialist's validation rows (never the test rows), each candidate fitted on the training rows
-only, and the best kept. Fit time counts the whole search, the embedding of the training rows included.
+Each gets its best configuration within the search a careful user would run: the regularisation strength C is
+chosen on the specialist's validation rows (never the test rows), each candidate fitted on the training rows only,
+and the best kept. The search (`search_log_grid`) tries one C per decade from 1e-2 to 1e4; while the best sits at
+an end of what was tried, it tries the next decade beyond that end, up to three decades past the grid, so the
+chosen C has a tried value on each side (`C_interior` in the settings; false only when the limit was reached, which
+a benchmark must treat as a failed search). Fit time counts the whole search, the embedding of the training rows
+included.
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ from niche.embed import load_embedder
 from niche.errors import require_extra
 from niche.metrics import label_metrics
 
-# Inverse regularisation strengths tried for each baseline; the best on the validation rows is kept.
-C_GRID = (1.0, 10.0, 100.0)
+# Inverse regularisation strengths tried first, one per decade (as powers of ten: 1e-2 to 1e4); the best on the
+# validation rows is kept, and the search goes past an end of the grid while the best sits there.
+C_DECADES = range(-2, 5)
+C_GRID = tuple(10.0**decade for decade in C_DECADES)
+C_EXTRA_DECADES = 3
 BASELINES = ("tfidf+logreg", "embeddings+logreg")
 
 
@@ -64,22 +71,97 @@ def tfidf_features() -> Any:
     )
 
 
+@dataclass
+class GridSearch:
+    """What a search over a log-spaced grid chose: the value, every value tried with its validation score (ascending
+    keys, `%g`), and whether the value is interior (a tried value on each side of it)."""
+
+    chosen: float
+    interior: bool
+    scores: dict[str, float]
+
+
+def search_log_grid(
+    fit: Callable[[float], tuple[float, Any]],
+    decades: Sequence[int],
+    extra_decades: int,
+    ties_to_larger: bool = False,
+) -> tuple[Any, GridSearch]:
+    """The best of `fit(value) -> (validation score, fitted model)` over one value per decade, grown past an end.
+
+    On equal scores the smaller value wins (`ties_to_larger` for penalties, whose larger value regularises more):
+    the stronger regularisation. While the chosen value is the smallest or largest tried, the next decade beyond it
+    is tried, at most `extra_decades` past the grid; so the choice ends interior unless that limit was reached.
+    Only the chosen value's model is kept (a new value tried either becomes the choice or leaves it as it was).
+    """
+    scores: dict[int, float] = {}
+    chosen: tuple[int, Any] | None = None
+
+    def beats_chosen(decade: int) -> bool:
+        assert chosen is not None
+        if scores[decade] != scores[chosen[0]]:
+            return scores[decade] > scores[chosen[0]]
+        return decade > chosen[0] if ties_to_larger else decade < chosen[0]
+
+    def try_decade(decade: int) -> None:
+        nonlocal chosen
+        scores[decade], model = fit(10.0**decade)
+        if chosen is None or beats_chosen(decade):
+            chosen = (decade, model)
+
+    for decade in decades:
+        try_decade(decade)
+    assert chosen is not None
+    lowest, highest = min(decades) - extra_decades, max(decades) + extra_decades
+    while True:
+        if chosen[0] == min(scores) and chosen[0] > lowest:
+            try_decade(chosen[0] - 1)
+        elif chosen[0] == max(scores) and chosen[0] < highest:
+            try_decade(chosen[0] + 1)
+        else:
+            break
+    search = GridSearch(
+        chosen=10.0 ** chosen[0],
+        interior=min(scores) < chosen[0] < max(scores),
+        scores={f"{10.0**decade:g}": scores[decade] for decade in sorted(scores)},
+    )
+    return chosen[1], search
+
+
 def best_logistic_regression(
     train_features: Any, train_labels: list[str], validation_features: Any, validation_labels: list[str], seed: int
-) -> tuple[Any, float, dict[str, float]]:
-    """The C with the best validation accuracy (the smaller C on ties), its fitted model, and every C's score."""
+) -> tuple[Any, GridSearch]:
+    """The logistic regression whose C has the best validation accuracy (`search_log_grid` over `C_DECADES`)."""
     from sklearn.linear_model import LogisticRegression
 
-    scores: dict[str, float] = {}
-    best: tuple[float, float, Any] | None = None
-    for strength in C_GRID:
+    expected = np.asarray(validation_labels)
+
+    def fit(strength: float) -> tuple[float, Any]:
         model = LogisticRegression(C=strength, max_iter=3000, random_state=seed).fit(train_features, train_labels)
-        accuracy = float(np.mean(model.predict(validation_features) == np.asarray(validation_labels)))
-        scores[str(strength)] = accuracy
-        if best is None or accuracy > best[0]:
-            best = (accuracy, strength, model)
-    assert best is not None
-    return best[2], best[1], scores
+        return float(np.mean(model.predict(validation_features) == expected)), model
+
+    return search_log_grid(fit, C_DECADES, C_EXTRA_DECADES)
+
+
+def rows_fitted(train: Sequence[Example], validation: Sequence[Example]) -> dict[str, int]:
+    """How many rows a baseline was fitted on and chose its settings on: a benchmark checks them against niche's."""
+    return {"train_rows": len(train), "validation_rows": len(validation)}
+
+
+def regularisation_settings(search: GridSearch) -> dict[str, Any]:
+    return {"C": search.chosen, "C_interior": search.interior, "validation_accuracy": search.scores}
+
+
+def searches_at_edge(settings: dict[str, Any], where: str = "") -> list[str]:
+    """The searches in a baseline's settings whose choice is not interior (`<name>_interior: false`), by path:
+    `C`, `crf.c2`, `choices.intent.C`. A baseline whose list is not empty was not given its best configuration."""
+    found = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            found += searches_at_edge(value, f"{where}{key}.")
+        elif key.endswith("_interior") and value is False:
+            found.append(where + key.removesuffix("_interior"))
+    return found
 
 
 def fit_tfidf(train: Sequence[Example], validation: Sequence[Example], seed: int = 0) -> FittedBaseline:
@@ -87,14 +169,18 @@ def fit_tfidf(train: Sequence[Example], validation: Sequence[Example], seed: int
     features = tfidf_features()
     train_matrix = features.fit_transform([example.input_text for example in train])
     validation_matrix = features.transform([example.input_text for example in validation])
-    model, strength, scores = best_logistic_regression(
+    model, search = best_logistic_regression(
         train_matrix, [label_of(e) for e in train], validation_matrix, [label_of(e) for e in validation], seed
     )
 
     def predict(texts: Sequence[str]) -> list[str]:
         return [str(label) for label in model.predict(features.transform(list(texts)))]
 
-    settings = {"features": "word 1-2-grams + char_wb 2-5-grams, TF-IDF", "C": strength, "validation_accuracy": scores}
+    settings = {
+        "features": "word 1-2-grams + char_wb 2-5-grams, TF-IDF",
+        **rows_fitted(train, validation),
+        **regularisation_settings(search),
+    }
     return FittedBaseline("tfidf+logreg", predict, time.perf_counter() - started, settings)
 
 
@@ -111,14 +197,18 @@ def fit_embeddings(
 
     train_matrix = embed([example.input_text for example in train])
     validation_matrix = embed([example.input_text for example in validation])
-    model, strength, scores = best_logistic_regression(
+    model, search = best_logistic_regression(
         train_matrix, [label_of(e) for e in train], validation_matrix, [label_of(e) for e in validation], seed
     )
 
     def predict(texts: Sequence[str]) -> list[str]:
         return [str(label) for label in model.predict(embed(texts))]
 
-    settings = {"features": "all-MiniLM-L6-v2, normalised", "C": strength, "validation_accuracy": scores}
+    settings = {
+        "features": "all-MiniLM-L6-v2, normalised",
+        **rows_fitted(train, validation),
+        **regularisation_settings(search),
+    }
     return FittedBaseline("embeddings+logreg", predict, time.perf_counter() - started, settings)
 
 

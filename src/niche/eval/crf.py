@@ -7,9 +7,12 @@ spans and choices are put together into the same JSON as the specialist's answer
 and scored by the same per-field metrics. Fields that are neither copied nor a closed set are out of its reach:
 it never answers them, and they are listed in its settings.
 
-Each part gets the small search a careful user would run, on the specialist's validation rows (never the test
-rows): the CRF's L1 and L2 penalties by field F1 of the copied fields, the regression's C by accuracy. The fit time
-counts the whole search.
+Each part gets the search a careful user would run, on the specialist's validation rows (never the test rows):
+the CRF's L1 and L2 penalties by span F1 of the copied fields, the regression's C by accuracy. The penalties are
+searched one at a time over one value per decade from 1e-3 to 10 (the L2 penalty with the L1 at 0.1, then the L1 at
+the chosen L2), each grown past an end of its grid while the best sits there (`niche.eval.baselines.search_log_grid`),
+so each chosen penalty is interior unless the limit was reached (`c1_interior`, `c2_interior` in the settings). The
+fit time counts the whole search.
 """
 
 from __future__ import annotations
@@ -32,11 +35,23 @@ from niche.data.spans import (
     words_with_offsets,
 )
 from niche.errors import ConfigError, require_extra
-from niche.eval.baselines import BaselineScore, FittedBaseline, best_logistic_regression, score_baseline, tfidf_features
+from niche.eval.baselines import (
+    BaselineScore,
+    FittedBaseline,
+    best_logistic_regression,
+    regularisation_settings,
+    rows_fitted,
+    score_baseline,
+    search_log_grid,
+    tfidf_features,
+)
 from niche.metrics import json_metrics
 
-# (c1, c2) penalties tried for the CRF; the best field F1 on the validation rows is kept.
-CRF_GRID = ((0.05, 0.01), (0.1, 0.1), (0.5, 0.05), (1.0, 0.01))
+# The CRF's L1 (c1) and L2 (c2) penalties tried first, one per decade (powers of ten: 1e-3 to 10), each searched with
+# the other fixed: c2 with c1 at CRF_FIRST_C1, then c1 at the chosen c2.
+CRF_DECADES = range(-3, 2)
+CRF_EXTRA_DECADES = 2
+CRF_FIRST_C1 = 0.1
 CRF_MAX_ITERATIONS = 100
 ABSENT = ""  # the class of a closed-set field an answer leaves out
 
@@ -101,24 +116,34 @@ def _span_f1(predicted: list[list[str]], gold: list[list[str]]) -> float:
 def fit_crf(
     train: Sequence[Example], validation: Sequence[Example], plan: ExtractionPlan
 ) -> tuple[Any, dict[str, Any]]:
-    """The CRF with the best (c1, c2) on the validation rows, refitted on nothing else, and every pair's score."""
+    """The CRF with the best (c1, c2) on the validation rows, and every pair's span F1 there.
+
+    One penalty at a time (`search_log_grid`, ties to the larger penalty): c2 with c1 at CRF_FIRST_C1, then c1
+    with the chosen c2; a pair already fitted is not fitted again."""
     import sklearn_crfsuite
 
     train_features, train_tags = _tagged_rows(train, plan)
     validation_features, validation_tags = _tagged_rows(validation, plan)
-    scores: dict[str, float] = {}
-    best: tuple[float, Any, tuple[float, float]] | None = None
-    for c1, c2 in CRF_GRID:
-        model = sklearn_crfsuite.CRF(
-            algorithm="lbfgs", c1=c1, c2=c2, max_iterations=CRF_MAX_ITERATIONS, all_possible_transitions=True
-        )
-        model.fit(train_features, train_tags)
-        score = _span_f1(model.predict(validation_features), validation_tags)
-        scores[f"c1={c1},c2={c2}"] = round(score, 4)
-        if best is None or score > best[0]:
-            best = (score, model, (c1, c2))
-    assert best is not None
-    return best[1], {"c1": best[2][0], "c2": best[2][1], "validation_span_f1": scores}
+    fitted: dict[tuple[float, float], tuple[float, Any]] = {}
+
+    def fit_pair(c1: float, c2: float) -> tuple[float, Any]:
+        if (c1, c2) not in fitted:
+            model = sklearn_crfsuite.CRF(
+                algorithm="lbfgs", c1=c1, c2=c2, max_iterations=CRF_MAX_ITERATIONS, all_possible_transitions=True
+            )
+            model.fit(train_features, train_tags)
+            fitted[(c1, c2)] = (_span_f1(model.predict(validation_features), validation_tags), model)
+        return fitted[(c1, c2)]
+
+    _, l2 = search_log_grid(lambda c2: fit_pair(CRF_FIRST_C1, c2), CRF_DECADES, CRF_EXTRA_DECADES, ties_to_larger=True)
+    model, l1 = search_log_grid(lambda c1: fit_pair(c1, l2.chosen), CRF_DECADES, CRF_EXTRA_DECADES, ties_to_larger=True)
+    return model, {
+        "c1": l1.chosen,
+        "c2": l2.chosen,
+        "c1_interior": l1.interior,
+        "c2_interior": l2.interior,
+        "validation_span_f1": {f"c1={c1:g},c2={c2:g}": round(score, 4) for (c1, c2), (score, _) in fitted.items()},
+    }
 
 
 def fit_choices(
@@ -138,9 +163,9 @@ def fit_choices(
         train_matrix = features.fit_transform([example.input_text for example in train])
         validation_matrix = features.transform([example.input_text for example in validation])
         references = [answer[field.name] or ABSENT for answer in validation_answers]
-        model, strength, scores = best_logistic_regression(train_matrix, labels, validation_matrix, references, seed)
+        model, search = best_logistic_regression(train_matrix, labels, validation_matrix, references, seed)
         models[field.name] = (features, model)
-        settings[field.name] = {"C": strength, "validation_accuracy": scores}
+        settings[field.name] = regularisation_settings(search)
     return models, settings
 
 
@@ -178,6 +203,7 @@ def fit_crf_extractor(
     settings = {
         "features": "CRF over BIO word tags (word, shape, affixes, 2 neighbours each side); TF-IDF + logistic "
         "regression for closed-set fields",
+        **rows_fitted(train, validation),
         "crf": crf_settings,
         "choices": choice_settings,
         "copied_fields": [field.name for field in plan.spans],
