@@ -35,11 +35,12 @@ import argparse
 import contextlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import harness
+from stats import compare_correct_rows
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "cloudsec"
@@ -48,44 +49,6 @@ QUICK_WORKDIR = REPO / "build" / "bench-quick" / "grpo"
 BASE, GRPO, CONTINUED = "base SFT", "SFT + GRPO", "SFT continued"
 WALL_TIME_TOLERANCE = 0.2
 QUICK = {"sft_steps": 4, "grpo_steps": 2, "prompts_per_step": 1, "rows": 16, "validation_rows": 8, "answer_tokens": 16}
-
-
-def paired_bootstrap(
-    left: Sequence[Sequence[int]], right: Sequence[Sequence[int]], resamples: int = 10_000, seed: int = 0
-) -> dict[str, Any]:
-    """Accuracy of `left` minus `right` (per seed, rows right or wrong), averaged over the seeds, with a 95%
-    percentile interval from resampling the held-out rows: the same resampled rows for both sides and every seed,
-    so the pairing by row is kept. (Not in harness.py, which has no interval: kept here until it moves there.)"""
-    import numpy as np
-
-    left_rows, right_rows = np.asarray(left, dtype=float), np.asarray(right, dtype=float)
-    if left_rows.shape != right_rows.shape or left_rows.ndim != 2 or left_rows.shape[1] == 0:
-        raise ValueError(f"paired rows must have one shape (seeds, rows): {left_rows.shape} and {right_rows.shape}")
-    per_row = (left_rows - right_rows).mean(axis=0)
-    rows = per_row.shape[0]
-    resampled = per_row[np.random.default_rng(seed).integers(0, rows, size=(resamples, rows))].mean(axis=1)
-    low, high = np.percentile(resampled, [2.5, 97.5])
-    return {
-        "difference": float(per_row.mean()),
-        "low": float(low),
-        "high": float(high),
-        "interval": "95% paired bootstrap over held-out rows",
-        "resamples": resamples,
-        "rows": rows,
-        "seeds": left_rows.shape[0],
-    }
-
-
-def compared(
-    left: Sequence[Sequence[int]], right: Sequence[Sequence[int]], checks: Sequence[harness.WorkCheck]
-) -> dict[str, Any]:
-    """An accuracy difference with its interval, invalid (no difference claimed) when a work check failed."""
-    failed = [check for check in checks if not check.valid]
-    return paired_bootstrap(left, right) | {
-        "valid": not failed,
-        "invalid_because": [f"{check.what}: {check.detail}" for check in failed],
-        "checks": [check.as_dict() for check in checks],
-    }
 
 
 def scored(specialist: Path, held_out: Path, answer_tokens: int | None) -> dict[str, Any]:
@@ -286,11 +249,11 @@ def differences(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, An
     ]
     correct = {name: [run["correct"] for run in seeded] for name, seeded in runs.items()}
     return {
-        f"{GRPO} - {CONTINUED}": compared(
+        f"{GRPO} - {CONTINUED}": compare_correct_rows(
             correct[GRPO], correct[CONTINUED], same_wall_time + same_rows(GRPO, CONTINUED)
         ),
-        f"{GRPO} - {BASE}": compared(correct[GRPO], correct[BASE], same_rows(GRPO, BASE)),
-        f"{CONTINUED} - {BASE}": compared(correct[CONTINUED], correct[BASE], same_rows(CONTINUED, BASE)),
+        f"{GRPO} - {BASE}": compare_correct_rows(correct[GRPO], correct[BASE], same_rows(GRPO, BASE)),
+        f"{CONTINUED} - {BASE}": compare_correct_rows(correct[CONTINUED], correct[BASE], same_rows(CONTINUED, BASE)),
     }
 
 

@@ -14,6 +14,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import distill  # noqa: E402
 import harness  # noqa: E402
+import stats  # noqa: E402
 
 
 def test_every_other_layer_writes_distill_json_and_explicit_layers_name_their_count() -> None:
@@ -23,15 +24,15 @@ def test_every_other_layer_writes_distill_json_and_explicit_layers_name_their_co
 
 def test_the_paired_bootstrap_averages_seeds_and_brackets_the_difference() -> None:
     same = [[1, 0, 1, 1], [0, 1, 1, 0]]
-    unchanged = distill.paired_bootstrap(same, same)
+    unchanged = stats.paired_bootstrap_of_correct_rows(same, same)
     assert (unchanged["difference"], unchanged["low"], unchanged["high"]) == (0.0, 0.0, 0.0)
     better = [[1] * 40, [1] * 30 + [0] * 10]
     worse = [[0] * 40, [0] * 40]
-    gain = distill.paired_bootstrap(better, worse, resamples=2000)
+    gain = stats.paired_bootstrap_of_correct_rows(better, worse, resamples=2000)
     assert gain["difference"] == pytest.approx(0.875) and gain["seeds"] == 2 and gain["rows"] == 40
     assert 0.75 < gain["low"] <= 0.875 <= gain["high"] <= 1.0
     with pytest.raises(ValueError):
-        distill.paired_bootstrap([[1, 0]], [[1, 0, 1]])
+        stats.paired_bootstrap_of_correct_rows([[1, 0]], [[1, 0, 1]])
 
 
 def student(seed: int, correct: list[int], steps: int = 80, layers: tuple[int, ...] = (0, 2)) -> dict:
@@ -60,7 +61,7 @@ def results(kd: list[dict], sft: list[dict]) -> dict:
         },
         "teacher": {"accuracy": 0.75},
         "students": {distill.KD: distill.summary_of(kd, 0.75), distill.SFT: distill.summary_of(sft, 0.75)},
-        "kd_gain_over_sft_student": distill.compared(
+        "kd_gain_over_sft_student": stats.compare_correct_rows(
             [run["correct"] for run in kd], [run["correct"] for run in sft], distill.student_checks(kd, sft)
         ),
         "parameters": {"teacher": 134_515_008, distill.KD: 81_413_568},
