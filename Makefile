@@ -11,7 +11,7 @@ LLAMA_CPP_STAMP := $(VENV)/.llama-cpp
 # too (its +cpu build wins; a local CPU wheel found by pip's find-links wins the same way, with no download).
 TORCH_INDEX := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo --extra-index-url https://download.pytorch.org/whl/cpu)
 
-.PHONY: install demo test bench lint clean browser llama-cpp python serve-only-check
+.PHONY: install demo test bench bench-design run-benchmarks lint clean browser llama-cpp python serve-only-check
 
 install: $(STAMP)
 
@@ -81,10 +81,22 @@ browser:
 # checked answers); results in bench/results/, then the README tables regenerated from them. Hours on 2 cores.
 # `make bench QUICK=1` is the smoke run: tiny sizes, one repetition, written under build/bench-quick/.
 BENCH_FLAGS := $(if $(QUICK),--quick,)
-BENCHMARKS := train_speed serve_load soak curate_speed edge_speed grpo_gain distill quality extraction recipe_search
+# The design searches choose niche's defaults on validation splits (a day and more on 2 cores): `make bench-design`.
+BENCHMARKS := train_speed serve_load soak curate_speed edge_speed grpo_gain distill quality extraction
+DESIGN_SEARCHES := label_design extraction_design recipe_search
+# distill-20-layers.json: the same distillation keeping 2 layers of every 3.
+DISTILL_20_LAYERS := 0,2,3,5,6,8,9,11,12,14,15,17,18,20,21,23,24,26,27,29
 bench: install llama-cpp
+	$(MAKE) run-benchmarks SCRIPTS="$(BENCHMARKS)"
+	TOKENIZERS_PARALLELISM=false $(BIN)/python bench/distill.py --student-layers $(DISTILL_20_LAYERS) $(BENCH_FLAGS)
+	$(if $(QUICK),,$(BIN)/python bench/tables.py)
+
+bench-design: install llama-cpp
+	$(MAKE) run-benchmarks SCRIPTS="$(DESIGN_SEARCHES)"
+
+run-benchmarks:
 	$(BIN)/pip install -q -e ".[bench]"
-	set -e; for benchmark in $(BENCHMARKS); do \
+	set -e; for benchmark in $(SCRIPTS); do \
 	  echo "== bench/$$benchmark.py $(BENCH_FLAGS)"; \
 	  TOKENIZERS_PARALLELISM=false $(BIN)/python bench/$$benchmark.py $(BENCH_FLAGS); \
 	done

@@ -156,3 +156,25 @@ def test_every_published_table_agrees_with_its_results_file() -> None:
     for document in tables.DOCUMENTS:
         disagreeing += [f"{document.name}: {name}" for name in tables.regenerate(document.read_text())[1]]
     assert not disagreeing, f"run python bench/tables.py to regenerate: {disagreeing}"
+
+
+def makefile_list(name: str) -> list[str]:
+    for line in (REPO / "Makefile").read_text().splitlines():
+        if line.startswith(f"{name} :="):
+            return line.partition(":=")[2].split()
+    raise AssertionError(f"the Makefile has no {name} list")
+
+
+@pytest.mark.parametrize("script", makefile_list("BENCHMARKS") + makefile_list("DESIGN_SEARCHES"))
+def test_every_benchmark_goes_through_the_harness(script: str) -> None:
+    """Each script `make bench` runs renders its own tables, takes --quick and --repeats, and writes through a
+    harness Report (so it refuses a dirty tree)."""
+    module = tables.benchmark_module(script)
+    assert callable(getattr(module, "tables", None)), f"bench/{script}.py has no tables(results)"
+    source = (REPO / "bench" / f"{script}.py").read_text()
+    assert f'Report("{script}"' in source, f"bench/{script}.py writes no harness Report"
+    usage = subprocess.run(
+        [sys.executable, str(REPO / "bench" / f"{script}.py"), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert usage.returncode == 0, usage.stderr[-2000:]
+    assert "--quick" in usage.stdout
