@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import WorkCheck, format_range, interleave, same_count, summarize
+from harness import Journal, WorkCheck, format_range, interleave, same_count, summarize
 from stats import RowScorer, comparison, format_difference, paired_bootstrap, searched_to_the_interior
 
 FIRST_SEED = 42
@@ -89,8 +89,10 @@ def run_design(
     variants: Mapping[str, Mapping[str, Sequence[str]]],
     repeats: int,
     budget: str | None,
+    journal: Journal | None = None,
 ) -> tuple[dict[str, Any], Any]:
-    """Every (training set, variant) once per round, interleaved; the summaries per training set, and the schedule."""
+    """Every (training set, variant) once per round, interleaved; the summaries per training set, and the schedule.
+    With a journal, a run cut off resumes from the trainings it finished."""
 
     def configuration(size: str, variant: str, overrides: Sequence[str]) -> Callable[[int], dict[str, Any]]:
         def run(round_: int) -> dict[str, Any]:
@@ -111,7 +113,7 @@ def run_design(
         shown = ", ".join(f"{metric} {scores[metric]:.4f}" for metric in split.metrics)
         print(f"== {key}, seed {run['seed']}: {shown}; {run['train_minutes']} min")
 
-    measured, schedule = interleave(configurations, repeats=repeats, on_result=print_run)
+    measured, schedule = interleave(configurations, repeats=repeats, on_result=print_run, journal=journal)
     summaries = {
         size: summarize_size(size, {variant: measured[f"{size}/{variant}"] for variant in by_variant}, split)
         for size, by_variant in variants.items()

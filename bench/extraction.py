@@ -385,7 +385,10 @@ def main() -> None:
         return run
 
     measured, schedule = interleave(
-        {label: configuration(label) for label in sizes}, repeats=report.repeats, on_result=print_run
+        {label: configuration(label) for label in sizes},
+        repeats=report.repeats,
+        on_result=print_run,
+        journal=report.journal(),
     )
     summaries = {label: summarize_size(label, pairs, references, intents) for label, pairs in measured.items()}
     first_runs = [run for run, _ in measured["all"]]

@@ -94,7 +94,7 @@ def main() -> None:
         )
         for size in variants
     }
-    summaries, schedule = run_design(split, trains, variants, report.repeats, args.budget)
+    summaries, schedule = run_design(split, trains, variants, report.repeats, args.budget, report.journal())
     payload = {
         "what": f"SLURP's train file split into design training sets and {len(validation_rows)} held-out design "
         f"validation rows (stratified by intent, seed {SPLIT_SEED}); niche's tagging head, its variants and the CRF",

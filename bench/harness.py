@@ -12,6 +12,10 @@
 A `--quick` run (the smoke mode of `make bench`) may run on a dirty tree and writes under build/bench-quick/, never
 over a published results file.
 
+A run cut off before it writes (hours of training on 2 cores outlast a session) resumes: with a Journal, each
+finished (round, configuration) is kept under build/bench-journal/ and taken back, not re-run, by the next run of
+the same script on the same commit with the same arguments; anything else starts afresh.
+
 No torch here: the harness is imported by every benchmark and by the tests.
 """
 
@@ -33,6 +37,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
 QUICK_DIR = REPO / "build" / "bench-quick"
+JOURNAL_DIR = REPO / "build" / "bench-journal"
 MIN_REPEATS = 3
 LIBRARIES = (
     "torch",
@@ -133,9 +138,54 @@ class Schedule:
 
     order: list[tuple[int, str]] = field(default_factory=list)
     warmup_rounds: int = 0
+    resumed: list[tuple[int, str]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"warmup_rounds": self.warmup_rounds, "order": [f"{round_}:{name}" for round_, name in self.order]}
+        return {
+            "warmup_rounds": self.warmup_rounds,
+            "order": [f"{round_}:{name}" for round_, name in self.order],
+            "resumed_from_journal": [f"{round_}:{name}" for round_, name in self.resumed],
+        }
+
+
+class Journal:
+    """The finished (round, configuration) results of a run, one JSON line each, so that a run cut off resumes.
+
+    The first line is the run's key (commit and arguments); a journal with another key is discarded, so results
+    of other code or other settings are never mixed in. Results must be JSON: tuples come back as lists.
+    """
+
+    def __init__(self, path: Path, key: Mapping[str, Any]):
+        self.path = path
+        self.key = json.loads(json.dumps(key, default=_jsonable))
+        self.done: dict[tuple[int, str], Any] = {}
+        lines = path.read_text().splitlines() if path.is_file() else []
+        if lines and json.loads(lines[0]) == {"key": self.key}:
+            for line in lines[1:]:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # the line being written when the run was cut off
+                self.done[(entry["round"], entry["name"])] = entry["result"]
+        else:
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"key": self.key}) + "\n")
+        temporary.replace(self.path)
+
+    def record(self, round_: int, name: str, result: Any) -> None:
+        line = json.dumps({"round": round_, "name": name, "result": result}, default=_jsonable)
+        with self.path.open("a") as journal:
+            journal.write(line + "\n")
+            journal.flush()
+            os.fsync(journal.fileno())
+        self.done[(round_, name)] = json.loads(line)["result"]
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def interleave(
@@ -143,12 +193,15 @@ def interleave(
     repeats: int = MIN_REPEATS,
     warmup: int = 0,
     on_result: Callable[[str, int, Any], None] | None = None,
+    journal: Journal | None = None,
 ) -> tuple[dict[str, list[Any]], Schedule]:
     """Run every configuration once per round, the order rotating each round; returns the measured results.
 
     `configurations` maps a name to a function of the round number (0-based, warm-up rounds included) that runs
     the configuration once and returns its measurement. Warm-up rounds run in the same rotation and their
-    results are dropped.
+    results are dropped. With a journal, results it holds are taken from it (listed in the schedule as resumed)
+    and each new one is recorded as soon as it is measured; only for measurements that do not depend on what ran
+    beside them (accuracies, not speeds).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
@@ -158,7 +211,14 @@ def interleave(
     for round_ in range(warmup + repeats):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
-            result = configurations[name](round_)
+            if journal is not None and (round_, name) in journal.done:
+                result = journal.done[(round_, name)]
+                schedule.resumed.append((round_, name))
+            else:
+                result = configurations[name](round_)
+                if journal is not None:
+                    journal.record(round_, name, result)
+                    result = journal.done[(round_, name)]  # as a resumed run would see it (JSON types)
             schedule.order.append((round_, name))
             if round_ >= warmup:
                 measured[name].append(result)
@@ -259,6 +319,17 @@ class Report:
             raise SystemExit(f"{name}: {error}") from None
         directory = QUICK_DIR if self.quick else repo / "bench" / "results"
         self.path = directory / f"{name}.json"
+        self.arguments = dict(vars(args)) if args is not None else {}
+        self._journal: Journal | None = None
+
+    def journal(self, journal_dir: Path = JOURNAL_DIR) -> Journal | None:
+        """The journal of this run (None for --quick): same commit and arguments resume, anything else starts afresh."""
+        if self.quick:
+            return None
+        if self._journal is None:
+            key = {"commit": self.provenance["commit"], "arguments": self.arguments}
+            self._journal = Journal(journal_dir / f"{self.name}.jsonl", key)
+        return self._journal
 
     def write(self, payload: Mapping[str, Any]) -> Path:
         """Adds provenance and the closing load average, writes atomically (temporary file, then rename)."""
@@ -280,6 +351,8 @@ class Report:
         temporary = self.path.with_suffix(".json.tmp")
         temporary.write_text(json.dumps(record, indent=2, default=_jsonable) + "\n")
         temporary.replace(self.path)
+        if self._journal is not None:
+            self._journal.discard()
         print(f"written to {self.path}")
         return self.path
 
@@ -289,6 +362,8 @@ def _jsonable(value: Any) -> Any:
         return value.as_dict()
     if isinstance(value, Path):
         return str(value)
+    if hasattr(value, "item"):  # numpy scalars, without importing numpy here
+        return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 

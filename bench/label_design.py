@@ -81,7 +81,7 @@ def main() -> None:
         )
         for size in variants
     }
-    summaries, schedule = run_design(split, trains, variants, report.repeats, args.budget)
+    summaries, schedule = run_design(split, trains, variants, report.repeats, args.budget, report.journal())
     payload = {
         "what": "CLINC150's in-scope intents: variants of niche's label head trained on its training set (all, or 10 "
         "and 30 rows per intent) and scored on its validation split; the classic baselines beside the defaults",

@@ -242,7 +242,10 @@ def main() -> None:
         )
 
     measured, schedule = interleave(
-        {label: configuration(label) for label in sizes}, repeats=report.repeats, on_result=print_run
+        {label: configuration(label) for label in sizes},
+        repeats=report.repeats,
+        on_result=print_run,
+        journal=report.journal(),
     )
     summaries = {label: summarize_size(label, runs) for label, runs in measured.items()}
     sample_rows = stratified_sample([label for _, label in test_rows], args.base_rows, seed=0)

@@ -103,6 +103,55 @@ def test_repetitions_are_interleaved_with_a_rotating_order_and_warmup_dropped() 
     assert schedule.as_dict()["order"][:4] == ["0:a", "0:b", "0:c", "1:b"]
 
 
+def test_a_run_cut_off_resumes_from_its_journal_and_only_on_the_same_commit_and_arguments(clean_repo, tmp_path) -> None:
+    calls: list[tuple[str, int]] = []
+
+    class CutOff(Exception):
+        pass
+
+    def configuration(name: str, stop_at: int | None = None):
+        def run(round_: int) -> dict:
+            if len(calls) == stop_at:
+                raise CutOff
+            calls.append((name, round_))
+            return {"name": name, "pair": (round_, 1)}
+
+        return run
+
+    arguments = argparse.Namespace(quick=False, repeats=3, budget="5m")
+    first = harness.Report("accuracy", arguments, repo=clean_repo)
+    with pytest.raises(CutOff):
+        harness.interleave({n: configuration(n, stop_at=4) for n in "ab"}, repeats=3, journal=first.journal(tmp_path))
+    assert calls == [("a", 0), ("b", 0), ("b", 1), ("a", 1)]
+
+    calls.clear()
+    second = harness.Report("accuracy", arguments, repo=clean_repo)
+    measured, schedule = harness.interleave(
+        {n: configuration(n) for n in "ab"}, repeats=3, journal=second.journal(tmp_path)
+    )
+    assert calls == [("a", 2), ("b", 2)]  # only what the first run had not finished
+    assert schedule.as_dict()["resumed_from_journal"] == ["0:a", "0:b", "1:b", "1:a"]
+    # Resumed and fresh results look alike (JSON types: the tuple is a list either way).
+    assert measured["a"] == [{"name": "a", "pair": [round_, 1]} for round_ in range(3)]
+    second.write({"done": True})
+    assert not (tmp_path / "accuracy.jsonl").exists()  # a written results file ends its journal
+
+    calls.clear()
+    third = harness.Report("accuracy", arguments, repo=clean_repo)
+    with pytest.raises(CutOff):
+        harness.interleave({n: configuration(n, stop_at=1) for n in "ab"}, repeats=3, journal=third.journal(tmp_path))
+    other_arguments = argparse.Namespace(quick=False, repeats=3, budget="10m")
+    fourth = harness.Report("accuracy", other_arguments, repo=clean_repo)
+    calls.clear()
+    harness.interleave({n: configuration(n) for n in "ab"}, repeats=3, journal=fourth.journal(tmp_path))
+    assert len(calls) == 6  # other arguments: nothing is taken from the journal
+    (clean_repo / "src.py").write_text("x = 4\n")
+    git(clean_repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "change")
+    fifth = harness.Report("accuracy", other_arguments, repo=clean_repo)
+    assert fifth.journal(tmp_path).done == {}  # another commit: nothing either
+    assert harness.Report("accuracy", argparse.Namespace(quick=True, repeats=3), repo=clean_repo).journal() is None
+
+
 def test_summaries_keep_every_run_beside_the_median_and_range() -> None:
     assert harness.summarize([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "runs": [3.0, 1.0, 2.0]}
     with pytest.raises(ValueError):
