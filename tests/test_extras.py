@@ -93,8 +93,9 @@ def test_the_extras_split_the_stack_and_all_brings_every_one() -> None:
     assert {"mlflow"} <= extras["track"] and {"apsw", "sqlite-vec"} <= extras["rag"]
     assert not core & {"trl", "datasets", "mlflow", "fastapi", "apsw", "matplotlib", "scikit-learn", "openai"}
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    assert project["optional-dependencies"]["all"] == ["niche[serve,train,rag,track,edge]"]
-    assert '".[all,dev]"' in (REPO / "Makefile").read_text(), "make install installs every extra"
+    assert project["optional-dependencies"]["all"] == ["niche[serve,train,rag,track,edge,scale]"]
+    assert {"ray"} <= extras["scale"]
+    assert '".[all,dev,bench]"' in (REPO / "Makefile").read_text(), "make install installs every extra"
 
 
 def http_json(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
@@ -149,4 +150,19 @@ def test_a_command_missing_its_extra_names_the_extra(tmp_path: Path) -> None:
     _, errors = command.communicate(timeout=300)
     assert command.returncode == 2, errors
     assert "needs niche's `train` extra (scipy not installed): pip install 'niche[train]'" in errors
+    assert not (tmp_path / "out").exists()
+    on_ray = niche_without(
+        {"ray"},
+        tmp_path / "site-ray",
+        "curate",
+        str(rows),
+        "--out",
+        str(tmp_path / "out"),
+        "--engine",
+        "ray",
+        stderr=subprocess.PIPE,
+    )
+    _, errors = on_ray.communicate(timeout=300)
+    assert on_ray.returncode == 2, errors
+    assert "needs niche's `scale` extra (ray not installed): pip install 'niche[scale]'" in errors
     assert not (tmp_path / "out").exists()

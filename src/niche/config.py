@@ -267,6 +267,12 @@ class CurateSettings(_Section):
     decontaminate: list[Path] = Field(default_factory=list, description="Benchmarks whose n-grams leave training.")
     ngram: int = Field(13, ge=1, description="n of the decontamination n-grams (13 as in GPT-3).")
     format: DataFormat = Field("auto", description="Row shape of the inputs; detected when 'auto'.")
+    engine: Literal["local", "ray"] = Field(
+        "local", description="local: one process; ray: Ray Data over a cluster (the `scale` extra), same decisions."
+    )
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join (ray://HOST:10001 or HOST:6379); none starts a local Ray."
+    )
 
     @field_validator("split")
     @classmethod

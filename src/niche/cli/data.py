@@ -87,6 +87,12 @@ def curate_command(
     ] = None,
     ngram: Annotated[int | None, typer.Option(help="n of the decontamination n-grams [13, as in GPT-3].")] = None,
     format: Annotated[str | None, typer.Option(help="auto, label, prompt_completion, alpaca or chat [auto].")] = None,
+    engine: Annotated[
+        str | None, typer.Option(help="local (one process) or ray (Ray Data; the `scale` extra), same decisions.")
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join with --engine ray; none starts a local Ray.")
+    ] = None,
 ) -> None:
     """Normalise, deduplicate (exact and MinHash near duplicates), resolve conflicts, redact PII, split."""
     from niche.config import command_section, parse_fractions
@@ -102,6 +108,8 @@ def curate_command(
         decontaminate=decontaminate,
         ngram=ngram,
         format=format,
+        engine=engine,
+        ray_address=ray_address,
     )
     report = curate(inputs, out, settings)
     table = Table("stage", "rows")

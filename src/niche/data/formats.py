@@ -218,16 +218,8 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
 def read_examples(path: Path | str, format: str = "auto", fields: dict[str, str] | None = None) -> ReadResult:
     """Read every row of a JSONL or CSV file; bad rows become Problems instead of exceptions."""
     path = Path(path)
-    if path.is_dir():
-        raise DataError(path, "is a directory; expected a data file (.jsonl or .csv), e.g. train.jsonl inside it")
-    if not path.is_file():
-        raise DataError(path, "file not found")
-    suffix = path.suffix.lower()
-    if suffix not in {".jsonl", ".json", ".csv"}:
-        raise DataError(path, f"unsupported file type {suffix or '(none)'!r}; expected .jsonl or .csv")
-    if path.stat().st_size == 0:
-        raise DataError(path, "file is empty; expected one example per line (JSONL) or a header and rows (CSV)")
-    rows = _csv_rows(path) if suffix == ".csv" else _jsonl_rows(path)
+    check_data_file(path)
+    rows = _csv_rows(path) if path.suffix.lower() == ".csv" else _jsonl_rows(path)
     result = ReadResult(path=path, format=format)
     parser: RowParser | None = PARSERS.get(format)
     for number, row in rows:
@@ -255,6 +247,19 @@ def read_examples(path: Path | str, format: str = "auto", fields: dict[str, str]
     if not result.examples and not result.problems:
         raise DataError(path, "file has no examples (only blank lines or a header)")
     return result
+
+
+def check_data_file(path: Path) -> None:
+    """A clear error before any row is read: the path is a non-empty .jsonl or .csv file."""
+    if path.is_dir():
+        raise DataError(path, "is a directory; expected a data file (.jsonl or .csv), e.g. train.jsonl inside it")
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    suffix = path.suffix.lower()
+    if suffix not in {".jsonl", ".json", ".csv"}:
+        raise DataError(path, f"unsupported file type {suffix or '(none)'!r}; expected .jsonl or .csv")
+    if path.stat().st_size == 0:
+        raise DataError(path, "file is empty; expected one example per line (JSONL) or a header and rows (CSV)")
 
 
 def _raw(row: dict[str, Any]) -> str:

@@ -97,41 +97,34 @@ class NearDuplicateIndex:
     def candidate_pairs(self, signatures: np.ndarray) -> np.ndarray:
         """[k, 2] pairs (i, j) with i < j that share a band: j against the first record of each bucket."""
         keys = self.band_keys(signatures)
-        pairs = []
-        for band in range(self.bands):
-            column = keys[:, band]
-            order = np.argsort(column, kind="stable")
-            ordered = column[order]
-            starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-            first_of_bucket = np.repeat(order[starts], np.diff(np.r_[starts, len(order)]))
-            mask = first_of_bucket != order
-            if mask.any():
-                pairs.append(np.stack([first_of_bucket[mask], order[mask]], axis=1))
+        pairs = [np.stack(first_of_bucket_pairs(keys[:, band]), axis=1) for band in range(self.bands)]
+        pairs = [found for found in pairs if len(found)]
         if not pairs:
             return np.empty((0, 2), dtype=np.int64)
         return np.unique(np.concatenate(pairs), axis=0)
+
+    def similar(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """Row by row, whether two [k, num_perm] signature arrays estimate a Jaccard of at least the threshold."""
+        return (left == right).mean(axis=1) >= self.threshold
+
+    def verified_pairs(self, signatures: np.ndarray) -> np.ndarray:
+        """Candidate pairs whose signatures are similar, records without words left out."""
+        pairs = self.candidate_pairs(signatures)
+        wordless = is_wordless(signatures)
+        pairs = pairs[~wordless[pairs[:, 0]] & ~wordless[pairs[:, 1]]]
+        return pairs[self.similar(signatures[pairs[:, 0]], signatures[pairs[:, 1]])] if len(pairs) else pairs
 
     def clusters(self, texts: Sequence[str]) -> np.ndarray:
         """For each record, the index of the earliest record of its near-duplicate cluster."""
         signatures = self.hasher.signatures(texts)
         return self.clusters_of(signatures)
 
-    def clusters_of(self, signatures: np.ndarray) -> np.ndarray:
-        pairs = self.candidate_pairs(signatures)
-        wordless = (signatures == np.iinfo(np.uint32).max).all(axis=1)  # no shingles: nothing to compare
-        pairs = pairs[~wordless[pairs[:, 0]] & ~wordless[pairs[:, 1]]]
-        if len(pairs):
-            similarity = (signatures[pairs[:, 0]] == signatures[pairs[:, 1]]).mean(axis=1)
-            pairs = pairs[similarity >= self.threshold]
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.csgraph import connected_components
-
-        count = len(signatures)
-        graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(count, count))
-        _, component = connected_components(graph, directed=False)
-        earliest = np.full(component.max() + 1 if count else 0, count, dtype=np.int64)
-        np.minimum.at(earliest, component, np.arange(count))
-        return earliest[component]
+    def clusters_of(self, signatures: np.ndarray, extra_pairs: np.ndarray | None = None) -> np.ndarray:
+        """Clusters from the verified pairs and `extra_pairs` (records known to belong together)."""
+        pairs = self.verified_pairs(signatures)
+        if extra_pairs is not None and len(extra_pairs):
+            pairs = np.concatenate([pairs, extra_pairs.astype(pairs.dtype)])
+        return earliest_of_components(len(signatures), pairs)
 
     def matches(self, queries: np.ndarray, reference: np.ndarray) -> np.ndarray:
         """For each query signature, whether some reference signature is a near duplicate of it."""
@@ -142,6 +135,39 @@ class NearDuplicateIndex:
         found = np.zeros(len(queries), dtype=bool)
         if len(pairs):
             pairs = pairs[(pairs[:, 0] < len(reference)) & (pairs[:, 1] >= len(reference))]
-            similarity = (combined[pairs[:, 0]] == combined[pairs[:, 1]]).mean(axis=1)
-            found[pairs[similarity >= self.threshold][:, 1] - len(reference)] = True
+            found[pairs[self.similar(combined[pairs[:, 0]], combined[pairs[:, 1]])][:, 1] - len(reference)] = True
         return found
+
+
+def is_wordless(signatures: np.ndarray) -> np.ndarray:
+    """Records with no shingle (an all-max signature): nothing to compare."""
+    return (signatures == np.iinfo(np.uint32).max).all(axis=1)
+
+
+def first_of_bucket_pairs(*bucket_columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Records (in their order) bucketed by equal values in every column: index pairs (the bucket's first record,
+    each other record of the bucket)."""
+    count = len(bucket_columns[0])
+    order = np.lexsort((np.arange(count), *reversed(bucket_columns)))
+    changes = np.zeros(count, dtype=bool)
+    changes[:1] = True
+    for column in bucket_columns:
+        ordered = column[order]
+        changes[1:] |= ordered[1:] != ordered[:-1]
+    starts = np.flatnonzero(changes)
+    first = np.repeat(order[starts], np.diff(np.r_[starts, count]))
+    others = first != order
+    return first[others], order[others]
+
+
+def earliest_of_components(count: int, pairs: np.ndarray) -> np.ndarray:
+    """For each of `count` records, the lowest index in its connected component of `pairs`."""
+    # scipy is the train extra's; curate checks for it before any work, and signatures alone never need it.
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(count, count))
+    _, component = connected_components(graph, directed=False)
+    earliest = np.full(component.max() + 1 if count else 0, count, dtype=np.int64)
+    np.minimum.at(earliest, component, np.arange(count))
+    return earliest[component]
