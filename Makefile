@@ -83,7 +83,7 @@ browser:
 # `make bench QUICK=1` is the smoke run: tiny sizes, one repetition, written under build/bench-quick/.
 BENCH_FLAGS := $(if $(QUICK),--quick,)
 # The design searches choose niche's defaults on validation splits (a day and more on 2 cores): `make bench-design`.
-BENCHMARKS := train_speed serve_load soak curate_speed edge_speed grpo_gain distill quality extraction
+BENCHMARKS := train_speed serve_load soak curate_speed scale edge_speed grpo_gain distill quality extraction
 DESIGN_SEARCHES := label_design extraction_design recipe_search
 # distill-20-layers.json: the same distillation keeping 2 layers of every 3.
 DISTILL_20_LAYERS := 0,2,3,5,6,8,9,11,12,14,15,17,18,20,21,23,24,26,27,29

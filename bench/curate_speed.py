@@ -99,27 +99,31 @@ def base_texts() -> tuple[list[str], str]:
 
 def noisy_copies(texts: list[str], rows: int, seed: int) -> list[str]:
     rng = random.Random(seed)
-    alphabet = "abcdefghijklmnopqrstuvwxyz"
     result = list(texts)
     while len(result) < rows:
-        words = rng.choice(texts).split()
-        edit = rng.randrange(6)
-        position = rng.randrange(len(words))
-        if edit == 0 and len(words) > 3:
-            del words[position]
-        elif edit == 1:
-            words.insert(position, words[position])
-        elif edit == 2 and len(words) > 1:
-            other = rng.randrange(len(words))
-            words[position], words[other] = words[other], words[position]
-        elif edit == 3:
-            word = words[position]
-            cut = rng.randrange(len(word) + 1)
-            words[position] = word[:cut] + rng.choice(alphabet) + word[cut:]
-        elif edit == 4:
-            words = [word.upper() if rng.random() < 0.3 else word for word in words]
-        result.append(" ".join(words))
+        result.append(noisy_copy(rng.choice(texts), rng))
     return result[:rows]
+
+
+def noisy_copy(text: str, rng: random.Random) -> str:
+    """The text with one edit: a word dropped, doubled, swapped or misspelt, some words upper-cased, or none."""
+    words = text.split()
+    edit = rng.randrange(6)
+    position = rng.randrange(len(words))
+    if edit == 0 and len(words) > 3:
+        del words[position]
+    elif edit == 1:
+        words.insert(position, words[position])
+    elif edit == 2 and len(words) > 1:
+        other = rng.randrange(len(words))
+        words[position], words[other] = words[other], words[position]
+    elif edit == 3:
+        word = words[position]
+        cut = rng.randrange(len(word) + 1)
+        words[position] = word[:cut] + rng.choice("abcdefghijklmnopqrstuvwxyz") + word[cut:]
+    elif edit == 4:
+        words = [word.upper() if rng.random() < 0.3 else word for word in words]
+    return " ".join(words)
 
 
 def earliest_of_clusters(pairs: np.ndarray, count: int) -> np.ndarray:

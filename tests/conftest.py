@@ -231,71 +231,12 @@ def extraction_data(tmp_path: Path) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Ray cluster on loopback: a head with 2 CPUs, started for the session and stopped after it; yields
-    its address. Its temp dir is the session's own, so it never meets another Ray on the machine."""
-    ray_bin = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin" / "ray"
-    if not ray_bin.exists():
-        import shutil
+    """A real Ray cluster on loopback: a head with 2 CPUs, started for the session and stopped after it (only its
+    own processes); yields its address."""
+    import sys
 
-        ray_bin = Path(shutil.which("ray") or "ray")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    temp_dir = tmp_path_factory.mktemp("ray")
-    # `ray start` turns token authentication on when it finds a token, and any local `ray.init()` leaves one in
-    # ~/.ray; clients would then be refused. A loopback cluster of the tests' own needs none.
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    head = [
-        str(ray_bin),
-        "start",
-        "--head",
-        "--node-ip-address=127.0.0.1",
-        f"--port={port}",
-        "--num-cpus=2",
-        "--include-dashboard=false",
-        "--disable-usage-stats",
-        f"--temp-dir={temp_dir}",
-    ]
-    subprocess.run(head, check=True, capture_output=True, timeout=180)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        import ray
+    sys.path.insert(0, str(REPO / "bench"))
+    from ray_cluster import local_ray_cluster
 
-        if ray.is_initialized():
-            ray.shutdown()
-        stop_processes_mentioning(str(temp_dir))
-
-
-def stop_processes_mentioning(text: str) -> None:
-    """Stop the processes whose command line names `text`, and their descendants (this session's Ray and its
-    workers, never another Ray: `ray stop` would stop every Ray of the user)."""
-    import signal
-
-    def processes() -> dict[int, tuple[int, str]]:
-        found = {}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError, IndexError):
-                    parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                    command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                    found[int(entry.name)] = (parent, command)
-        return found
-
-    def matching() -> set[int]:
-        table = processes()
-        chosen = {pid for pid, (_, command) in table.items() if text in command and pid != os.getpid()}
-        grown = True
-        while grown:
-            children = {pid for pid, (parent, _) in table.items() if parent in chosen} - chosen - {os.getpid()}
-            chosen |= children
-            grown = bool(children)
-        return chosen
-
-    for stop_signal, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
-        for pid in matching():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, stop_signal)
-        deadline = time.monotonic() + grace
-        while matching() and time.monotonic() < deadline:
-            time.sleep(0.1)
+    with local_ray_cluster(cpus=2, temp_dir=tmp_path_factory.mktemp("ray")) as address:
+        yield address

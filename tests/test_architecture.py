@@ -36,6 +36,7 @@ KERNEL = {
     "niche.metrics",
     "niche.models",
     "niche.probes",
+    "niche.ray_runtime",
     "niche.specialist",
     "niche.tagger",
     "niche.teachers",

@@ -37,6 +37,12 @@ from niche.watch import (
 WEAK = "training.learning_rate=0.000001"  # trains, but learns nothing: the "worse run"
 
 
+def watched_config(tiny_base: Path, out: Path, name: str, *overrides: str):
+    """The watch loop's runs: long enough that the well-trained candidate clearly beats a run that learned nothing
+    on whichever rows the seeded split holds out (24 steps were not, for some splits)."""
+    return pipeline_config(tiny_base, out, name, "training.max_steps=48", "training.eval_every=24", *overrides)
+
+
 def pipeline_config(tiny_base: Path, out: Path, name: str, *overrides: str):
     return load_config(
         None,
@@ -329,10 +335,10 @@ def test_watch_cycles_promote_the_better_run_and_serve_switches_without_dropping
     write_jsonl(data / "batch1.jsonl", ticket_rows(60))
 
     # Cycle 1: the first run is promoted whatever it scores (there is no champion); this one learned nothing.
-    first = watch_once(pipeline_config(tiny_base, out, name, WEAK), data, show_progress=False)
+    first = watch_once(watched_config(tiny_base, out, name, WEAK), data, show_progress=False)
     assert first.check.reasons == ["first run: no earlier pipeline run on this data"]
     assert first.pipeline.promoted and first.pipeline.decision["version"] == "1"
-    quiet = watch_once(pipeline_config(tiny_base, out, name), data, show_progress=False)
+    quiet = watch_once(watched_config(tiny_base, out, name), data, show_progress=False)
     assert not quiet.check.fire and quiet.pipeline is None
 
     engine = TorchEngine(out, max_loaded=2)
@@ -364,7 +370,7 @@ def test_watch_cycles_promote_the_better_run_and_serve_switches_without_dropping
         try:
             # Cycle 2: new data arrives; the well-trained candidate beats the champion and is promoted.
             write_jsonl(data / "batch2.jsonl", ticket_rows(30, offset=1000))
-            second = watch_once(pipeline_config(tiny_base, out, name), data, show_progress=False)
+            second = watch_once(watched_config(tiny_base, out, name), data, show_progress=False)
             assert second.check.reasons == ["30 new examples (trigger at 20)"]
             decision = second.pipeline.decision
             assert decision["promoted"] and decision["version"] == "2", decision
@@ -376,7 +382,7 @@ def test_watch_cycles_promote_the_better_run_and_serve_switches_without_dropping
 
             # Cycle 3: a worse candidate stays a challenger, and the server keeps the champion.
             write_jsonl(data / "batch3.jsonl", ticket_rows(30, offset=2000))
-            third = watch_once(pipeline_config(tiny_base, out, name, WEAK), data, show_progress=False)
+            third = watch_once(watched_config(tiny_base, out, name, WEAK), data, show_progress=False)
             assert not third.pipeline.promoted and third.pipeline.decision["version"] == "3"
             assert "does not beat the champion" in third.pipeline.decision["reason"]
             assert tracking.version_with_alias(name, tracking.CHAMPION).version == "2"

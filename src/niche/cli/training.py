@@ -89,6 +89,12 @@ def eval_command(
             "--config", help="niche.yaml whose `eval` section replaces the one the specialist was trained with."
         ),
     ] = None,
+    engine: Annotated[
+        str, typer.Option(help="local (this process) or ray (a pool of Ray actors; the `scale` extra), same answers.")
+    ] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join with --engine ray; none starts a local Ray.")
+    ] = None,
 ) -> None:
     """Score a specialist (and optionally its base) on held-out data: table in the terminal, JSON and markdown on disk."""
     from niche.config import command_section
@@ -96,7 +102,15 @@ def eval_command(
 
     settings = command_section(config_path, "eval") if config_path is not None else None
     report = evaluate(
-        specialist, data, base=base, constrain=constrain, batch_size=batch_size, baselines=baselines, settings=settings
+        specialist,
+        data,
+        base=base,
+        constrain=constrain,
+        batch_size=batch_size,
+        baselines=baselines,
+        settings=settings,
+        engine=engine,
+        ray_address=ray_address,
     )
     print_report(report)
     target = write_report(report, out or specialist.parent / "reports" / f"{specialist.name}-{data.stem}")

@@ -15,7 +15,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,15 +94,6 @@ def pair_key(example: Example) -> str:
 def input_key(example: Example) -> str:
     """Same-input rows share it, whatever their answers."""
     return digest(conversation_text(example))
-
-
-def example_to_json(example: Example) -> str:
-    return json.dumps(asdict(example), ensure_ascii=False)
-
-
-def example_from_json(text: str) -> Example:
-    fields = json.loads(text)
-    return Example(**(fields | {"messages": tuple(fields["messages"])}))
 
 
 # ---- rows -----------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -37,3 +37,13 @@ def parse_json_object(text: str) -> dict | None:
     except (json.JSONDecodeError, TypeError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def example_to_json(example: Example) -> str:
+    """The example as one JSON string (to travel between processes: Ray workers, a resumable journal)."""
+    return json.dumps(asdict(example), ensure_ascii=False)
+
+
+def example_from_json(text: str) -> Example:
+    fields = json.loads(text)
+    return Example(**(fields | {"messages": tuple(fields["messages"])}))

@@ -6,7 +6,7 @@ import contextlib
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +16,21 @@ from niche.artifact import SpecialistManifest, load_test_examples, references_of
 from niche.config import EvalSettings
 from niche.data.examples import Example
 from niche.data.prepare import prepare_data
-from niche.data.spans import union_of
-from niche.data.template import TemplateEncoder, build_template
-from niche.errors import ConfigError, ModelError
+from niche.data.template import TemplateEncoder
+from niche.errors import ConfigError, require_extra
+from niche.eval.answering import (
+    AnswerRecipe,
+    answer_batches,
+    answering,
+    bare_base,
+    decoding_options,
+)
 from niche.eval.baselines import run_baselines
 from niche.eval.crf import run_crf_baseline
 from niche.eval.generation import answer_examples
 from niche.hardware import detect_hardware
 from niche.io import atomic_directory, sha256_of_file, write_json_atomic, write_text_atomic
 from niche.metrics import HEADLINE_METRIC, SCORERS, json_metrics
-from niche.models import load_model, load_tokenizer, prepare_for_inference, resolve_base
 from niche.specialist import load_label_head, load_specialist
 from niche.tracking import log_to_run, tracked_run
 
@@ -61,33 +66,6 @@ class EvalReport:
         return payload
 
 
-# Tokens generated beyond the longest training answer before a JSON or free-text answer is cut.
-ANSWER_MARGIN_TOKENS = 32
-
-
-def decoding_options(
-    manifest: SpecialistManifest,
-    constrain: bool | None = None,
-    batch_size: int | None = None,
-    max_new_tokens: int | None = None,
-    settings: EvalSettings | None = None,
-) -> dict[str, Any]:
-    """How eval decodes for this specialist: label tasks within the label set, JSON tasks under the stored schema
-    (both on unless turned off), with room for the longest training answer."""
-    settings = settings or manifest.trained_config().eval
-    constrain = settings.constrain_to_labels if constrain is None else constrain
-    task = manifest.task
-    # A JSON answer's strings may run to twice the longest seen (the inferred schema's bound: niche.data.schema).
-    longest = (task.longest_answer_tokens or 0) * (2 if task.kind == "json" else 1)
-    budget = max_new_tokens or max(settings.max_new_tokens, longest + ANSWER_MARGIN_TOKENS)
-    return {
-        "batch_size": batch_size or settings.batch_size,
-        "max_new_tokens": budget,
-        "allowed_answers": task.labels if constrain and task.kind == "label" and task.labels else None,
-        "json_schema": task.output_schema if constrain and task.kind == "json" else None,
-    }
-
-
 def evaluate(
     specialist_dir: Path,
     data_path: Path,
@@ -99,40 +77,48 @@ def evaluate(
     baselines: bool = False,
     show_progress: bool = True,
     settings: EvalSettings | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> EvalReport:
     """Score the specialist, the bare base model with the identical prompt when `base` is given, and with
-    `baselines` the classic baselines of a label task fitted on the specialist's own training rows."""
+    `baselines` the classic baselines of a label task fitted on the specialist's own training rows. With `engine`
+    "ray" the answers come from a pool of Ray actors each holding the model (`niche.eval.ray_answers`), the same
+    answers as in this process."""
+    if engine not in ENGINES:
+        raise ConfigError(f"eval engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    if engine == "ray":
+        require_extra("scale", ("ray",), "eval --engine ray")
     hardware = detect_hardware()
     model, tokenizer, manifest = load_specialist(specialist_dir, hardware.device, hardware.dtype)
     examples = load_test_examples(Path(data_path), manifest)
     options = decoding_options(manifest, constrain, batch_size, max_new_tokens, settings)
     constrained = options["allowed_answers"] is not None or options["json_schema"] is not None
-    encoder = TemplateEncoder(tokenizer, manifest.template.to_template())
     references = references_of(examples, manifest.task.kind)
     head = load_label_head(specialist_dir, manifest, model)
+    recipe = AnswerRecipe(specialist_dir, None, constrain, batch_size, max_new_tokens, settings, ray_address)
     results = []
     if base is not None:
-        base_encoder, base_options = (encoder, options) if head is None else zero_shot(manifest, tokenizer, options)
-        with bare_base(model, tokenizer, manifest, base, hardware) as base_model:
+        base_encoder, base_options = answering(manifest, tokenizer, head, options, for_base=True)
+        if engine == "ray":
+            batches = answer_batches(base_encoder, examples, base_options)
             results.append(
-                score_model(
-                    f"base ({base})",
-                    base_model,
-                    base_encoder,
-                    examples,
-                    references,
-                    manifest,
-                    base_options,
-                    show_progress,
-                )
+                score_on_ray(f"base ({base})", replace(recipe, base=base), examples, batches, references, manifest)
             )
-    if head is not None:
-        options = options | {"head": head, "labels": manifest.task.labels}
-    results.append(
-        score_model(
-            f"specialist ({manifest.name})", model, encoder, examples, references, manifest, options, show_progress
-        )
-    )
+        else:
+            with bare_base(model, tokenizer, manifest, base, hardware) as base_model:
+                name = f"base ({base})"
+                results.append(
+                    score_model(
+                        name, base_model, base_encoder, examples, references, manifest, base_options, show_progress
+                    )
+                )
+    encoder, options = answering(manifest, tokenizer, head, options, for_base=False)
+    name = f"specialist ({manifest.name})"
+    if engine == "ray":
+        batches = answer_batches(encoder, examples, options)
+        results.append(score_on_ray(name, recipe, examples, batches, references, manifest))
+    else:
+        results.append(score_model(name, model, encoder, examples, references, manifest, options, show_progress))
     if baselines:
         results += baseline_scores(manifest, examples, references, show_progress)
     report = EvalReport(
@@ -148,6 +134,27 @@ def evaluate(
     )
     report.run_id = track_eval(report, manifest, Path(data_path))
     return report
+
+
+ENGINES = ("local", "ray")
+
+
+def score_on_ray(
+    name: str,
+    recipe: AnswerRecipe,
+    examples: list[Example],
+    batches: list[list[int]],
+    references: list[str],
+    manifest: SpecialistManifest,
+) -> ModelScore:
+    # Ray is the scale extra's and loads only for --engine ray.
+    from niche.eval.ray_answers import answer_on_ray
+
+    started = time.perf_counter()
+    predictions = answer_on_ray(recipe, examples, batches)
+    seconds = time.perf_counter() - started
+    metrics = score_predictions(manifest, predictions, references)
+    return ModelScore(name, metrics, seconds, len(examples) / seconds if seconds else 0.0, predictions)
 
 
 def track_eval(report: EvalReport, manifest: SpecialistManifest, data_path: Path) -> str | None:
@@ -174,25 +181,6 @@ def track_eval(report: EvalReport, manifest: SpecialistManifest, data_path: Path
         return tracker.run_id
 
 
-@contextlib.contextmanager
-def bare_base(model: Any, tokenizer: Any, manifest: SpecialistManifest, base: str, hardware: Any) -> Iterator[Any]:
-    """The specialist's own base with the adapter switched off, or another base model loaded separately."""
-
-    if base in ("base", manifest.base.spec) and manifest.task.head is None:
-        with model.disable_adapter():
-            yield model
-        return
-    # A label head's model is cut at the head's layer: the base it is compared with is loaded whole.
-    other_base = resolve_base(manifest.base.spec if base == "base" else base)
-    if load_tokenizer(other_base).get_vocab() != tokenizer.get_vocab():
-        raise ModelError(
-            f"base {base!r} has a different tokenizer from {manifest.base.spec!r}, so the stored prompt "
-            "would not mean the same to it; compare with a base that shares the tokenizer"
-        )
-    other = load_model(other_base, hardware.dtype, hardware.device)
-    yield prepare_for_inference(other.eval())
-
-
 def score_model(
     name: str,
     model: Any,
@@ -209,41 +197,6 @@ def score_model(
     seconds = time.perf_counter() - started
     metrics = score_predictions(manifest, predictions, references)
     return ModelScore(name, metrics, seconds, len(examples) / seconds if seconds else 0.0, predictions)
-
-
-# How the bare base is asked a head's task: the head's input is the text alone, which tells a base nothing.
-ZERO_SHOT_PROMPT = "Classify the text into one of these labels: {labels}. Answer with the label only."
-ZERO_SHOT_JSON_PROMPT = "Extract from the user's text a JSON object with this JSON schema: {schema}"
-
-
-def zero_shot(
-    manifest: SpecialistManifest, tokenizer: Any, options: dict[str, Any]
-) -> tuple[TemplateEncoder, dict[str, Any]]:
-    """The base model's template with a system prompt naming the labels, or for JSON the schema (the config's own
-    system prompt, else ZERO_SHOT_PROMPT or ZERO_SHOT_JSON_PROMPT), decoding within the label set or under the
-    stored schema."""
-
-    configured = manifest.trained_config().prompt.system_prompt
-    if manifest.task.kind == "json":
-        schema = json.dumps(schema_outline(manifest.task.output_schema or {}), separators=(",", ":"))
-        template = build_template(tokenizer, configured or ZERO_SHOT_JSON_PROMPT.format(schema=schema), None, None)
-        return TemplateEncoder(tokenizer, template), options | {"json_schema": manifest.task.output_schema}
-    template = build_template(tokenizer, configured or ZERO_SHOT_PROMPT, None, manifest.task.labels)
-    return TemplateEncoder(tokenizer, template), options | {"allowed_answers": manifest.task.labels}
-
-
-def schema_outline(schema: dict[str, Any]) -> dict[str, Any]:
-    """What a prompt shows of a schema: its shape and closed sets, not niche's annotations, the conditional
-    branches or the length bounds the grammar enforces anyway."""
-    outline: dict[str, Any] = {}
-    for key, value in union_of(schema).items():
-        if key == "properties":
-            outline[key] = {name: schema_outline(child) for name, child in value.items()}
-        elif key == "items" and isinstance(value, dict):
-            outline[key] = schema_outline(value)
-        elif key in ("type", "enum", "const"):
-            outline[key] = value
-    return outline
 
 
 def score_predictions(manifest: SpecialistManifest, predictions: list[str], references: list[str]) -> dict[str, Any]:

@@ -16,15 +16,10 @@ from niche.config import NicheConfig
 from niche.data.examples import Example
 from niche.data.template import TemplateEncoder
 from niche.errors import ConfigError
+from niche.eval.answering import bare_base, decoding_options, zero_shot
 from niche.eval.baselines import run_baselines
 from niche.eval.crf import run_crf_baseline
-from niche.eval.evaluate import (
-    bare_base,
-    decoding_options,
-    score_model,
-    training_rows,
-    zero_shot,
-)
+from niche.eval.evaluate import score_model, training_rows
 from niche.eval.generation import answer_examples
 from niche.hardware import detect_hardware
 from niche.io import atomic_directory, sha256_of_file, write_json_atomic, write_text_atomic
