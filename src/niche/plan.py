@@ -168,8 +168,8 @@ class CalibrationPoint:
         return f"{self.source} ({self.dtype})"
 
 
-# `niche train` as bench/train_speed.py runs it (CLINC150 banking, 16 rows of 96.6 tokens a step, 12 steps):
-# runs.niche in bench/results/train_speed.json; tests/test_plan.py keeps the two equal.
+# `niche train` as bench/train_speed.py runs it (CLINC150 banking, 16 rows of 96.6 tokens a step): the median
+# of workloads.label.runs.niche in bench/results/train_speed.json; tests/test_plan.py keeps the two equal.
 TRAIN_SPEED_RESULTS = "bench/results/train_speed.json"
 CALIBRATION: list[CalibrationPoint] = [
     # Published 7B points (GB taken as 10^9 bytes), for 16-bit training of 2048 tokens a step.
@@ -180,9 +180,9 @@ CALIBRATION: list[CalibrationPoint] = [
     CalibrationPoint(
         "measured CLINC150 banking, bench/train_speed.py",
         PlanRequest("smollm2-135m", "lora", 97, 16, "cpu-bf16"),  # micro-batches of 8 rows, as niche chose
-        2781.04 / 1024,
-        364.5,
-        evidence=f"{TRAIN_SPEED_RESULTS} runs.niche (written 2026-12-02 by the W3.2 version of the script)",
+        2901.23 / 1024,
+        386.4,
+        evidence=f"{TRAIN_SPEED_RESULTS} workloads.label.runs.niche, medians of 3 rounds (commit 67e40f6)",
     ),
     CalibrationPoint(
         "measured cloudsec demo",
