@@ -146,7 +146,8 @@ class RayCuration:
         bucketed = unique.map_batches(_band_rows, fn_args=(self.index,), batch_format="numpy")
         near_pairs = _by_partition(bucketed, "bucket", parts, _verified_bucket_pairs, (self.index,))
         same_input = _by_partition(unique, "input_key", self.partitions(unique.count()), _same_input_pairs)
-        components = _components.remote(near_pairs.union(same_input).materialize())
+        # Each shuffle runs alone: a union of two unexecuted shuffles can starve itself of CPUs on a small cluster.
+        components = _components.remote(near_pairs.materialize().union(same_input.materialize()))
         labelled = unique.map_batches(_attach_cluster, fn_args=(components,), batch_format="numpy")
         clustered = labelled.filter(lambda row: row["cluster"] >= 0)
         alone = labelled.filter(lambda row: row["cluster"] < 0)
@@ -205,7 +206,7 @@ class RayCuration:
         exact = _by_partition(split, "input_key", self.partitions(rows), _exact_leaks)
         bucketed = split.map_batches(_band_rows, fn_args=(self.index,), batch_format="numpy")
         near = _by_partition(bucketed, "bucket", self.partitions(rows * self.index.bands), _near_leaks, (self.index,))
-        leaks = _sorted_orders.remote(exact.union(near).materialize())
+        leaks = _sorted_orders.remote(exact.materialize().union(near.materialize()))
         marked = split.map_batches(_mark_leaks, fn_args=(leaks,), batch_format="numpy").materialize()
         self.rejects.append(marked.filter(lambda row: row["stage"] == "leakage"))
         return marked.filter(lambda row: row["stage"] == NONE).materialize()
@@ -367,7 +368,7 @@ def _same_input_pairs(batch: Batch) -> Batch:
     return _pairs(orders[firsts], orders[others])
 
 
-@ray.remote
+@ray.remote(num_cpus=0)  # waits on dataset blocks; holding a CPU for that deadlocks a 1-CPU cluster
 def _components(pairs: ray.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     """(rows in some near-duplicate pair, sorted; each one's cluster: the lowest order of its component). Held
     on a worker: it grows with the rows that have a near duplicate, never with the input."""
@@ -473,7 +474,7 @@ def _near_leaks(batch: Batch, index: NearDuplicateIndex) -> Batch:
     return {"order": np.asarray(batch["order"], dtype=np.int64)[others[similar]]}
 
 
-@ray.remote
+@ray.remote(num_cpus=0)  # waits on dataset blocks; holding a CPU for that deadlocks a 1-CPU cluster
 def _sorted_orders(rows: ray.data.Dataset) -> np.ndarray:
     """The leaked rows' orders, held on a worker (they grow with the leaks, never with the input)."""
     batches = [batch["order"] for batch in rows.iter_batches(batch_format="numpy", batch_size=None)]
