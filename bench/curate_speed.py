@@ -536,6 +536,7 @@ def main() -> None:
     payload = {"setup": setup_record(args, rows, source), "schedule": schedule.as_dict()} | judged(texts, measured)
     for side in SIDES:
         payload[side]["peak_traced_mb"] = peaks[side]
+    payload["records_per_minute"] = payload["niche"]["records_per_minute"]["median"]  # the headline
     print_summary(payload)
     report.write(payload)
 

@@ -333,13 +333,16 @@ class Report:
 
     def write(self, payload: Mapping[str, Any]) -> Path:
         """Adds provenance and the closing load average, writes atomically (temporary file, then rename)."""
-        reserved = sorted({"benchmark", "quick", "repeats", "provenance"} & set(payload))
+        reserved = sorted({"benchmark", "quick", "repeats", "commit", "clean", "provenance"} & set(payload))
         if reserved:
             raise ValueError(f"{self.name}: the payload may not set {reserved}: the harness writes them")
         record = {
             "benchmark": self.name,
             "quick": self.quick,
             "repeats": self.repeats,
+            # The stamp readers look for first: the commit, and that no uncommitted change wrote this file.
+            "commit": self.provenance["commit"],
+            "clean": not self.provenance["uncommitted_changes"],
             "provenance": {
                 **self.provenance,
                 "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -794,6 +794,10 @@ def main(argv: list[str] | None = None) -> None:
         "prompt_tokens_check": prompt_check.as_dict() if prompt_check else None,
         "runs": runs,
         "comparisons": comparisons,
+        # The headline: batched against batch 1 (None when that comparison is invalid), and the batched server's
+        # idle time to first token.
+        "ratio_throughput": comparisons.get(HEADLINE, {}).get("requests_per_s", {}).get("value"),
+        "ttft_p50_ms": median_of(runs.get("torch_batched", {}).get("ttft_p50_ms_idle")),
     }
     for name, table in tables(results).items():
         print(f"\n{name}:\n{table}")
@@ -836,6 +840,13 @@ def probe_agreement(reference: dict[str, Any], run: dict[str, Any]) -> str:
     theirs, ours = reference["probe"]["answers"], run["probe"]["answers"]
     agreeing = sum(normalized(left) == normalized(right) for left, right in zip(theirs, ours, strict=True))
     return f"{agreeing}/{len(theirs)}"
+
+
+HEADLINE = "torch_batched_vs_torch_batch1_resident"
+
+
+def median_of(summary: Any) -> float | None:
+    return summary.get("median") if isinstance(summary, dict) else summary
 
 
 def tables(results: dict) -> dict[str, str]:

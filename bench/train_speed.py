@@ -534,6 +534,9 @@ def main() -> None:
             "held_out_rows": args.eval_rows,
             "tolerances": {"tokens": TOKEN_TOLERANCE, "loss": LOSS_TOLERANCE, "held_out_score": SCORE_TOLERANCE},
             "workloads": workloads,
+            # The headline, the short-label workload against TRL at its best (None when that comparison is invalid).
+            "ratio_tokens_per_s": workloads.get("label", {}).get("ratio_tokens_per_s", {}).get("value"),
+            "ratio_peak_memory": workloads.get("label", {}).get("ratio_peak_memory", {}).get("value"),
         }
     )
     for name, workload in workloads.items():

@@ -73,6 +73,7 @@ def test_a_report_refuses_a_dirty_tree_before_any_work_and_writes_atomically(cle
     record = json.loads(path.read_text())
     assert path == clean_repo / "bench" / "results" / "speed.json"
     assert record["benchmark"] == "speed" and record["repeats"] == 3 and record["ratio"] == {"value": 2.0}
+    assert record["commit"] == record["provenance"]["commit"] and record["clean"] is True
     assert len(record["provenance"]["load_average_after"]) == 3
     assert not list(path.parent.glob("*.tmp"))
 

@@ -19,6 +19,7 @@ from niche.data.examples import Example
 from niche.data.spans import union_of
 from niche.data.template import TemplateEncoder, build_template
 from niche.errors import ModelError
+from niche.eval.generation import batches_by_prompt_length
 from niche.hardware import detect_hardware
 from niche.models import load_model, load_tokenizer, prepare_for_inference, resolve_base
 from niche.specialist import load_label_head, load_specialist
@@ -94,8 +95,8 @@ def answering(
 def answer_batches(encoder: TemplateEncoder, examples: list[Example], options: dict[str, Any]) -> list[list[int]]:
     """The batches this process would decode (rows of similar prompt length together), so that Ray's actors
     decode the very same ones and give the very same answers."""
-    order = sorted(range(len(examples)), key=lambda index: len(encoder.prompt_ids(examples[index])))
-    return [order[start : start + options["batch_size"]] for start in range(0, len(order), options["batch_size"])]
+    lengths = [len(encoder.prompt_ids(example)) for example in examples]
+    return batches_by_prompt_length(lengths, options["batch_size"])
 
 
 @contextlib.contextmanager
